@@ -1,0 +1,11 @@
+"""The NumPy reference: forward and backward of every op, written by hand.
+
+One module per op, each with `forward(...) -> (out, cache)` and `backward(dout, cache)`.
+They are the ground truth every kernel is tested against (docs/gradients/ derives each).
+"""
+from . import adamw, attention, dropout, embedding, gelu, layernorm, linear, residual, softmax_xent
+
+OPS = ("embedding", "layernorm", "linear", "gelu", "attention", "softmax_xent", "dropout",
+       "residual", "adamw")
+
+__all__ = list(OPS)

@@ -1,0 +1,35 @@
+"""Linear layer: a matmul plus bias, weight in [out, in] layout (docs/gradients/linear.md).
+
+    out = x @ W^T + b
+"""
+import numpy as np
+
+from ._checks import check_float, check_ndim, check_shape, check_same_dtype
+
+
+def forward(x, weight, bias=None):
+    """x [..., IN], weight [OUT, IN], bias [OUT] or None -> out [..., OUT], cache (x, weight)."""
+    check_float("x", x)
+    check_float("weight", weight)
+    check_ndim("weight", weight, 2)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"weight: expected shape (*, {x.shape[-1]}) to match x's last axis, "
+                         f"got {weight.shape}")
+    if bias is not None:
+        check_float("bias", bias)
+        check_shape("bias", bias, (weight.shape[0],))
+    check_same_dtype(("x", "weight", "bias"), x, weight, bias)
+    out = x @ weight.T                                         # (1)
+    if bias is not None:
+        out += bias                                            # (2)
+    return out, (x, weight, bias is not None)
+
+
+def backward(dout, cache):
+    """-> dx [..., IN], dweight [OUT, IN], dbias [OUT] (None when the layer has no bias)."""
+    x, weight, has_bias = cache
+    dx = dout @ weight                                         # (3) dy W
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dweight = d2.T @ x.reshape(-1, x.shape[-1])                # (4) dy^T x
+    dbias = d2.sum(axis=0) if has_bias else None               # (5)
+    return dx, dweight, dbias
