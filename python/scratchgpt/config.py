@@ -10,9 +10,11 @@ GPT3_WINDOW = 256   # GPT-3 does not publish its band width; this is our choice 
 # name -> (n_layer, n_head, n_embd); GPT-2 (Radford et al. 2019), GPT-3 (Brown et al. 2020, table 2.1)
 _GPT2 = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
          "gpt2-xl": (48, 25, 1600)}
-# gpt3-13b: the paper lists d_model 5140 with 40 heads of 128; 40 * 128 = 5120 is used here.
+# The paper's table pairs some widths with head counts that do not divide them; we keep its
+# head size of 128: gpt3-xl has d_model 2048 (16 heads, the paper says 24) and gpt3-13b has
+# 40 heads of 128 (d_model 5120, the paper says 5140).
 _GPT3 = {"gpt3-small": (12, 12, 768), "gpt3-medium": (24, 16, 1024), "gpt3-large": (24, 16, 1536),
-         "gpt3-xl": (24, 24, 2048), "gpt3-2.7b": (32, 32, 2560), "gpt3-6.7b": (32, 32, 4096),
+         "gpt3-xl": (24, 16, 2048), "gpt3-2.7b": (32, 32, 2560), "gpt3-6.7b": (32, 32, 4096),
          "gpt3-13b": (40, 40, 5120), "gpt3-175b": (96, 96, 12288)}
 
 

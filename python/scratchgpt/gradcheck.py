@@ -7,7 +7,8 @@ with respect to each input element is (L(x + h e_i) - L(x - h e_i)) / 2h (float6
 Error measures, per input tensor, then the maximum over tensors:
     max_abs = max_i |analytic_i - numeric_i|
     max_rel = max_abs / max(max_i |analytic_i|, max_i |numeric_i|)
-(a relative error against the tensor's scale: elementwise ratios blow up where a gradient
+(a relative error against the tensor's scale, the analytic maximum taken over the whole
+tensor even when only some entries are checked: elementwise ratios blow up where a gradient
 is near zero, and say nothing there).
 
 `scratchgpt gradcheck [OP ...] [--json]` prints a table (or JSON with one entry per op).
@@ -45,9 +46,11 @@ def numeric_grad(f, x, h=H, indices=None):
 def compare(analytic, numeric):
     """(max_abs, max_rel) over the entries where numeric was computed."""
     checked = ~np.isnan(numeric)
-    a, n = np.asarray(analytic, dtype=np.float64)[checked], numeric[checked]
+    analytic = np.asarray(analytic, dtype=np.float64)
+    a, n = analytic[checked], numeric[checked]
     max_abs = float(np.max(np.abs(a - n))) if a.size else 0.0
-    scale = max(float(np.max(np.abs(a))) if a.size else 0.0, float(np.max(np.abs(n))) if n.size else 0.0)
+    scale = max(float(np.max(np.abs(analytic))) if analytic.size else 0.0,
+                float(np.max(np.abs(n))) if n.size else 0.0)
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
 
 
