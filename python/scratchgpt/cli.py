@@ -9,6 +9,8 @@ import sys
 COMMANDS = (
     "scratchgpt.info",
     "scratchgpt.gradcheck",
+    "scratchgpt.train",
+    "scratchgpt.sample",
 )
 
 

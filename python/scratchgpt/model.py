@@ -70,6 +70,17 @@ class GPT:
     def eval(self):
         return self.train(False)
 
+    @classmethod
+    def from_pretrained(cls, path, backend="numpy", dtype="float64"):
+        """A GPT from a Hugging Face GPT-2 / GPT-1 folder (config.json + model.safetensors)."""
+        from .hf import from_pretrained
+        return from_pretrained(path, backend=backend, dtype=dtype)
+
+    def save_pretrained(self, path):
+        """Write a Hugging Face GPT-2 (pre-LN) or GPT-1 (post-LN) folder."""
+        from .hf import save_pretrained
+        save_pretrained(self, path)
+
     def load_params(self, params):
         """Replace the parameters (name -> array), checking names and shapes."""
         shapes = self.cfg.param_shapes()
