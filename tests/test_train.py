@@ -1,0 +1,136 @@
+"""`scratchgpt train`: loss goes down, the JSON summary, bit-identical resume, atomic
+checkpoints, and a diverging run stopping with its last good checkpoint kept."""
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import scratchgpt.checkpoint as checkpoint
+from scratchgpt.cli import main
+from scratchgpt.checkpoint import find_checkpoint, list_checkpoints, load_model
+from scratchgpt.model import GPT
+from scratchgpt.train import TrainingDiverged, lr_at, parse_args, resolve_backend, train
+
+# 20 distinct characters, fits nano's 32-token vocabulary with the char tokenizer
+TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "input.txt"
+    path.write_text(TEXT)
+    return str(path)
+
+
+def nano_args(text_file, out, *extra):
+    return parse_args(["--preset", "nano", "--data", str(text_file), "--tokenizer", "char",
+                       "--out", str(out), "--batch-size", "4", "--lr", "1e-2",
+                       "--warmup-steps", "2", "--eval-interval", "5", "--eval-iters", "2",
+                       "--ckpt-interval", "3", "--no-progress", "--seed", "7", *extra])
+
+
+def test_train_cli_reduces_loss_and_prints_json_summary(text_file, tmp_path, capsys):
+    rc = main(["train", "--preset", "nano", "--data", text_file, "--tokenizer", "char",
+               "--out", str(tmp_path), "--max-steps", "30", "--batch-size", "8", "--lr", "1e-2",
+               "--warmup-steps", "3", "--eval-interval", "10", "--ckpt-interval", "10",
+               "--no-progress", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 30 and summary["backend"] == "numpy"
+    assert summary["tokens_per_s"] > 0
+    # 20 equally likely characters at the start: log(20) ~ 3.0; the text is very repetitive
+    assert summary["first_loss"] > 2.5 and summary["final_val_loss"] < 0.8 * summary["first_loss"]
+    assert os.path.isfile(tmp_path / "loss.png")
+    assert os.path.basename(find_checkpoint(tmp_path)) == "ckpt_000030"
+    assert len(list_checkpoints(tmp_path)) == 2               # --keep 2
+
+
+def test_resume_is_bit_identical(text_file, tmp_path):
+    # dropout and gradient accumulation on: their RNG state and summation order must survive
+    extra = ["--dropout", "0.1", "--grad-accum", "2", "--lr-decay-steps", "8"]
+    train(nano_args(text_file, tmp_path / "once", "--max-steps", "8", *extra))
+    train(nano_args(text_file, tmp_path / "split", "--max-steps", "4", *extra))
+    summary = train(nano_args(text_file, "unused", "--resume", str(tmp_path / "split"),
+                              "--max-steps", "8"))
+    assert summary["steps_run"] == 4
+    once, split = find_checkpoint(tmp_path / "once"), find_checkpoint(tmp_path / "split")
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(os.path.join(once, name)), load_file(os.path.join(split, name))
+        assert set(a) == set(b)
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (name, k)
+    sa, sb = (json.load(open(os.path.join(d, "state.json"))) for d in (once, split))
+    assert sa["data_rng"] == sb["data_rng"] and sa["dropout_step"] == sb["dropout_step"] == 16
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(text_file, tmp_path, monkeypatch):
+    train(nano_args(text_file, tmp_path, "--max-steps", "3"))
+    good = find_checkpoint(tmp_path)
+    before = load_file(os.path.join(good, "model.safetensors"))
+    calls = {"n": 0}
+    real_save = checkpoint.save_checkpoint
+
+    def dies_midway(*args, **kwargs):
+        # write part of the next checkpoint, then fail as a killed process would
+        import safetensors.numpy
+        real = safetensors.numpy.save_file
+
+        def partial(tensors, path, *a, **k):
+            calls["n"] += 1
+            real(tensors, path, *a, **k)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(safetensors.numpy, "save_file", partial)
+        try:
+            return real_save(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(safetensors.numpy, "save_file", real)
+
+    monkeypatch.setattr("scratchgpt.train.save_checkpoint", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(nano_args(text_file, "unused", "--resume", str(tmp_path), "--max-steps", "6"))
+    assert calls["n"] == 1
+    assert find_checkpoint(tmp_path) == good                  # the half-written one is hidden
+    model, state, tok, _ = load_model(tmp_path)
+    assert state["step"] == 3 and tok is not None
+    for k, v in before.items():
+        assert np.array_equal(model.params[k], v)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(text_file, tmp_path, monkeypatch):
+    real_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                loss = loss * np.nan
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    with pytest.raises(TrainingDiverged, match=r"not finite .* step 5.*ckpt_000003"):
+        train(nano_args(text_file, tmp_path, "--max-steps", "10"))
+    assert os.path.basename(find_checkpoint(tmp_path)) == "ckpt_000003"
+
+
+def test_lr_schedule_warmup_then_cosine():
+    args = parse_args(["--lr", "1.0", "--min-lr", "0.1", "--warmup-steps", "10",
+                       "--lr-decay-steps", "110"])
+    assert lr_at(0, args) == pytest.approx(0.1)
+    assert lr_at(9, args) == pytest.approx(1.0)
+    assert lr_at(60, args) == pytest.approx(0.55)            # half-way down the cosine
+    assert lr_at(110, args) == pytest.approx(0.1) and lr_at(500, args) == pytest.approx(0.1)
+
+
+def test_backend_auto_is_numpy_without_a_gpu():
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            pytest.skip("a GPU is present here: auto may pick cuda")
+    except Exception:
+        pass
+    assert resolve_backend("auto") == "numpy"
+    assert resolve_backend("numpy") == "numpy"
