@@ -11,6 +11,7 @@ COMMANDS = (
     "scratchgpt.gradcheck",
     "scratchgpt.train",
     "scratchgpt.sample",
+    "scratchgpt.finetune",
 )
 
 

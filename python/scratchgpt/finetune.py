@@ -1,0 +1,340 @@
+"""`scratchgpt finetune`: GPT-1 style supervised fine-tuning for text classification.
+
+    scratchgpt finetune --data sentences.tsv --ckpt runs/mini      # from a pretrained model
+    scratchgpt finetune --data sentences.tsv                       # pretrain a small one first
+
+As in Radford et al. (2018), section 3.2: each text is followed by a delimiter token
+(here <|endoftext|>), the final transformer state at that token goes through a new linear
+layer to the class logits, and the language-modelling loss on the same text is kept as an
+auxiliary objective:
+
+    L = L_cls + lambda * L_lm,        lambda = 0.5 by default (the paper's value)
+
+The head is [n_classes, C] on the final hidden state; its gradient enters the model through
+GPT.backward(loss_weight=lambda, dhidden=...), so the transformer is trained end to end.
+Texts in a batch are right-padded; padded positions carry target -1 (ignored).
+
+The reported baseline is a bag-of-words logistic regression trained on the same split.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from .checkpoint import list_checkpoints, load_model, save_checkpoint
+from .data import TEXT_SUFFIXES
+from .optim import AdamW
+from .train import log, parse_args as parse_train_args, resolve_backend, train
+
+HEAD = "head.safetensors"
+
+
+# ------------------------------------------------------------------------------ data
+def read_labelled(path):
+    """(texts, labels) from a `text<TAB>label` file, or from every such file in a folder
+    (files whose lines are not all of that form, e.g. a readme, are skipped)."""
+    if os.path.isdir(path):
+        texts, labels = [], []
+        for name in sorted(os.listdir(path)):
+            f = os.path.join(path, name)
+            if os.path.isfile(f) and name.lower().endswith(TEXT_SUFFIXES):
+                try:
+                    t, lab = read_labelled(f)
+                except ValueError:
+                    continue
+                texts += t
+                labels += lab
+        if not texts:
+            raise ValueError(f"--data: no text<TAB>label files in {path}")
+        return texts, labels
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--data: no file or folder at {path}")
+    texts, labels = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            text, tab, label = line.rpartition("\t")
+            if not tab or not text.strip() or not label.strip():
+                raise ValueError(f"--data: {path} line {n} is not text<TAB>label: {line[:60]!r}")
+            texts.append(text.strip())
+            labels.append(label.strip())
+    return texts, labels
+
+
+def split_examples(n, test_fraction, seed):
+    """Shuffled (train, test) index arrays."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"--test-fraction: expected a value in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    return order[n_test:], order[:n_test]
+
+
+def encode_examples(tokenizer, texts, block_size):
+    """Token ids of each text, cropped to block_size - 1, then the delimiter token."""
+    delim = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+    return [ids[:block_size - 1] + [delim] for ids in tokenizer.encode_batch(texts)]
+
+
+def make_batch(seqs, pad_id):
+    """Right-padded ids [B, T], LM targets [B, T] (-1 on padding and at each last token) and
+    the index of each row's last token."""
+    T = max(len(s) for s in seqs)
+    idx = np.full((len(seqs), T), pad_id, dtype=np.int64)
+    targets = np.full((len(seqs), T), -1, dtype=np.int64)
+    for r, s in enumerate(seqs):
+        idx[r, :len(s)] = s
+        targets[r, :len(s) - 1] = s[1:]
+    return idx, targets, np.array([len(s) - 1 for s in seqs])
+
+
+# ------------------------------------------------------------------------------ the head
+class ClassifierHead:
+    """logits = W h + b on the final hidden state at each row's last token."""
+
+    def __init__(self, n_classes, n_embd, backend, dtype, seed=0):
+        rng = np.random.default_rng(seed)
+        xp = backend.xp
+        self.be = backend
+        self.params = {"head.weight": xp.asarray(rng.normal(0, 0.02, (n_classes, n_embd)).astype(dtype)),
+                       "head.bias": xp.zeros(n_classes, dtype=dtype)}
+
+    def forward(self, hidden, last, labels=None):
+        """hidden [B, T, C], last [B] -> (logits [B, K], loss or None)."""
+        xp = self.be.xp
+        rows = xp.arange(hidden.shape[0])
+        h = hidden[rows, xp.asarray(last)]
+        logits, self._lin = self.be.linear.forward(h, self.params["head.weight"], self.params["head.bias"])
+        self._shape, self._last = hidden.shape, last
+        if labels is None:
+            return logits, None
+        loss, self._xent = self.be.softmax_xent.forward(logits, xp.asarray(labels))
+        return logits, loss
+
+    def backward(self):
+        """(dhidden [B, T, C] for GPT.backward, grads of the head's parameters)."""
+        xp = self.be.xp
+        dlogits = self.be.softmax_xent.backward(1.0, self._xent)
+        dh, dw, db = self.be.linear.backward(dlogits, self._lin)
+        dhidden = xp.zeros(self._shape, dtype=dh.dtype)
+        dhidden[xp.arange(self._shape[0]), xp.asarray(self._last)] = dh
+        return dhidden, {"head.weight": dw, "head.bias": db}
+
+
+def classify(model, head, seqs, pad_id, batch_size):
+    """Predicted class of each sequence (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    try:
+        for i in range(0, len(seqs), batch_size):
+            idx, _, last = make_batch(seqs[i:i + batch_size], pad_id)
+            model.forward(idx)
+            logits, _ = head.forward(model.hidden, last)
+            preds.append(model.be.asnumpy(logits).argmax(axis=-1))
+    finally:
+        model._caches = None
+        model.train(was_training)
+    return np.concatenate(preds)
+
+
+# ------------------------------------------------------------------------------ baseline
+WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+def bag_of_words(texts, vocab=None):
+    """Binary word-presence features [N, |vocab|]; the vocabulary from these texts if None."""
+    words = [set(WORD_RE.findall(t.lower())) for t in texts]
+    if vocab is None:
+        vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+    X = np.zeros((len(texts), len(vocab)))
+    for r, ws in enumerate(words):
+        X[r, [vocab[w] for w in ws if w in vocab]] = 1.0
+    return X, vocab
+
+
+def logistic_regression(X, y, n_classes, l2=1e-3, steps=300, lr=0.1):
+    """Multinomial logistic regression with an L2 penalty, fitted by full-batch Adam.
+    Returns (W [F, K], b [K])."""
+    N, F = X.shape
+    W, b = np.zeros((F, n_classes)), np.zeros(n_classes)
+    onehot = np.eye(n_classes)[y]
+    state = [np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)]
+    for t in range(1, steps + 1):
+        z = X @ W + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        dz = (p - onehot) / N
+        for g, (m, v), param in ((X.T @ dz + l2 * W, state[:2], W), (dz.sum(0), state[2:], b)):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            param -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    return W, b
+
+
+def baseline_accuracy(train_texts, train_y, test_texts, test_y, n_classes):
+    X, vocab = bag_of_words(train_texts)
+    W, b = logistic_regression(X, np.asarray(train_y), n_classes)
+    Xt, _ = bag_of_words(test_texts, vocab)
+    return float(np.mean((Xt @ W + b).argmax(axis=1) == np.asarray(test_y)))
+
+
+# ------------------------------------------------------------------------------ pretraining
+def pretrain(args, texts):
+    """A small GPT pretrained on the fine-tuning texts (train split) and the default corpus."""
+    argv = ["--preset", args.preset, "--vocab-size", str(args.vocab_size),
+            "--max-steps", str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
+            "--max-corpus-mb", str(args.corpus_mb), "--out", os.path.join(args.out, "pretrain"),
+            "--backend", args.backend, "--seed", str(args.seed), "--eval-interval",
+            str(max(1, args.pretrain_steps // 4)), "--ckpt-interval", str(args.pretrain_steps)]
+    if args.block_size:
+        argv += ["--block-size", str(args.block_size)]
+    if not args.progress:
+        argv.append("--no-progress")
+    targs = parse_train_args(argv)
+    targs.json = args.json
+    # the labelled texts are short and few: repeat them so they weigh against the corpus
+    summary = train(targs, extra_docs=list(texts) * args.text_repeats)
+    log(args, f"pretrained: val loss {summary['final_val_loss']:.3f} after "
+        f"{summary['steps']} steps ({summary['tokens_per_s']:.0f} tokens/s)")
+    return summary["checkpoint"]
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+def finetune(args):
+    t_start = time.time()
+    texts, raw_labels = read_labelled(args.data)
+    classes = sorted(set(raw_labels))
+    if len(classes) < 2:
+        raise ValueError(f"--data: needs at least two classes, found {classes}")
+    y = np.array([classes.index(lab) for lab in raw_labels])
+    tr, te = split_examples(len(texts), args.test_fraction, args.seed)
+    log(args, f"data: {len(texts)} examples, {len(classes)} classes; {len(tr)} train / "
+        f"{len(te)} held out")
+    base = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te],
+                             len(classes))
+    log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
+
+    ckpt = args.ckpt
+    if ckpt is None:
+        done = list_checkpoints(os.path.join(args.out, "pretrain"))
+        if done and done[-1].endswith(f"ckpt_{args.pretrain_steps:06d}"):
+            ckpt = done[-1]
+            log(args, f"pretrained model: reusing {ckpt}")
+        else:
+            ckpt = pretrain(args, [texts[i] for i in tr])
+    backend = resolve_backend(args.backend)
+    model, _, tok, ckpt = load_model(ckpt, backend=backend)
+    if tok is None:
+        raise ValueError(f"--ckpt: {ckpt} holds no tokenizer")
+    if args.dropout is not None:
+        model.cfg = replace(model.cfg, dropout=args.dropout)
+    seqs = encode_examples(tok, texts, model.cfg.block_size)
+    pad_id = seqs[0][-1]
+    head = ClassifierHead(len(classes), model.cfg.n_embd, model.be, model.dtype, args.seed)
+    params = {**model.params, **head.params}         # the same arrays: updated in place
+    opt = AdamW(params, model.be, lr=args.lr, weight_decay=args.weight_decay)
+    rng = np.random.default_rng(args.seed)
+    steps_per_epoch = -(-len(tr) // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, int(0.002 * total) if args.warmup_steps is None else args.warmup_steps)
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, disable=not args.progress, unit="step", dynamic_ncols=True,
+               file=sys.stderr, desc="finetune")
+    step, history = 0, []
+    model.train()
+    for epoch in range(args.epochs):
+        order = tr[rng.permutation(len(tr))]
+        for i in range(0, len(order), args.batch_size):
+            rows = order[i:i + args.batch_size]
+            idx, targets, last = make_batch([seqs[r] for r in rows], pad_id)
+            _, lm_loss = model.forward(idx, targets if args.lm_weight > 0 else None)
+            _, cls_loss = head.forward(model.hidden, last, y[rows])
+            dhidden, head_grads = head.backward()
+            grads = model.backward(loss_weight=args.lm_weight, dhidden=dhidden)
+            grads.update(head_grads)
+            # linear warmup, then linear decay to zero (GPT-1's fine-tuning schedule)
+            lr = args.lr * min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+            opt.step(grads, lr=lr, max_grad_norm=1.0)
+            step += 1
+            loss = float(cls_loss) + args.lm_weight * (float(lm_loss) if lm_loss is not None else 0)
+            bar.set_postfix(loss=f"{loss:.3f}", cls=f"{float(cls_loss):.3f}")
+            bar.update(1)
+        acc = float(np.mean(classify(model, head, [seqs[i] for i in te], pad_id, 64) == y[te]))
+        history.append(acc)
+        bar.write(f"epoch {epoch + 1}: held-out accuracy {acc:.4f} (baseline {base:.4f})",
+                  file=sys.stderr if args.json else sys.stdout)
+    bar.close()
+
+    out = save_checkpoint(args.out, step, model, None, {"classes": classes, "base": ckpt,
+                                                        "accuracy": history[-1]}, tok, keep=1)
+    from safetensors.numpy import save_file
+    save_file({k: np.ascontiguousarray(model.be.asnumpy(v)) for k, v in head.params.items()},
+              os.path.join(out, HEAD))
+    return {"accuracy": history[-1], "baseline_accuracy": base, "accuracy_per_epoch": history,
+            "classes": classes, "n_train": int(len(tr)), "n_test": int(len(te)),
+            "epochs": args.epochs, "lm_weight": args.lm_weight, "pretrained_from": ckpt,
+            "checkpoint": out, "seconds": time.time() - t_start}
+
+
+def run(args):
+    summary = finetune(args)
+    log(args, f"held-out accuracy {summary['accuracy']:.4f}, bag-of-words baseline "
+        f"{summary['baseline_accuracy']:.4f} ({summary['n_test']} examples, "
+        f"{summary['seconds']:.0f} s); model and head in {summary['checkpoint']}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, help="text<TAB>label file, or a folder of them")
+    p.add_argument("--ckpt", help="pretrained checkpoint or run folder (default: pretrain a "
+                   "small model on the texts and the default corpus first)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="lambda of the auxiliary "
+                   "language-modelling loss (default 0.5, as GPT-1)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 0.2%% of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout while fine-tuning")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
+    p.add_argument("--out", default="runs/finetune")
+    g = p.add_argument_group("pretraining (without --ckpt)")
+    g.add_argument("--preset", default="mini")
+    g.add_argument("--vocab-size", type=int, default=1024)
+    g.add_argument("--block-size", type=int, default=64, help="context (the texts are short)")
+    g.add_argument("--pretrain-steps", type=int, default=300)
+    g.add_argument("--pretrain-batch-size", type=int, default=16)
+    g.add_argument("--corpus-mb", type=float, default=2.0,
+                   help="MB of the default corpus to pretrain on besides the texts")
+    g.add_argument("--text-repeats", type=int, default=4,
+                   help="copies of the labelled texts in the pretraining data")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="scratchgpt finetune")
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def register(sub):
+    p = sub.add_parser("finetune", help="fine-tune for text classification (GPT-1 style)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)

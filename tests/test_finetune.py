@@ -1,0 +1,117 @@
+"""GPT-1 style fine-tuning: the head's and the model's gradients under the combined loss
+against finite differences, a separable task learned end to end, the data handling and the
+bag-of-words baseline."""
+import json
+
+import numpy as np
+import pytest
+
+from scratchgpt import GPT, GPTConfig
+from scratchgpt.checkpoint import save_checkpoint
+from scratchgpt.cli import main
+from scratchgpt.finetune import (ClassifierHead, baseline_accuracy, make_batch, read_labelled,
+                                 split_examples)
+from scratchgpt.tokenizer import CharTokenizer
+
+LAM = 0.5
+
+
+def combined_loss(model, head, idx, targets, last, labels):
+    _, lm = model.forward(idx, targets)
+    _, cls = head.forward(model.hidden, last, labels)
+    return float(cls) + LAM * float(lm)
+
+
+@pytest.mark.parametrize("ln_placement", ["pre", "post"])
+def test_gradients_of_cls_plus_lambda_lm_match_finite_differences(ln_placement):
+    model = GPT(GPTConfig.preset("nano", ln_placement=ln_placement), dtype="float64", seed=1)
+    head = ClassifierHead(3, model.cfg.n_embd, model.be, np.float64, seed=2)
+    rng = np.random.default_rng(3)
+    head.params["head.weight"] += rng.normal(0, 0.5, head.params["head.weight"].shape)
+    seqs = [list(rng.integers(0, 32, n)) for n in (5, 9, 2)]       # ragged: padding matters
+    idx, targets, last = make_batch(seqs, pad_id=0)
+    labels = np.array([2, 0, 1])
+    combined_loss(model, head, idx, targets, last, labels)
+    dhidden, grads = head.backward()
+    grads.update(model.backward(loss_weight=LAM, dhidden=dhidden))
+    params = {**model.params, **head.params}
+    eps = 1e-6
+    for name in ("head.weight", "head.bias", "h.0.attn.c_attn.weight", "wte.weight",
+                 "h.1.mlp.c_proj.bias"):
+        w = params[name]
+        for i in rng.choice(w.size, size=min(6, w.size), replace=False):
+            old = w.flat[i]
+            w.flat[i] = old + eps
+            fp = combined_loss(model, head, idx, targets, last, labels)
+            w.flat[i] = old - eps
+            fm = combined_loss(model, head, idx, targets, last, labels)
+            w.flat[i] = old
+            numeric = (fp - fm) / (2 * eps)
+            assert abs(numeric - grads[name].flat[i]) <= 1e-7 * max(1.0, abs(numeric)), (name, i)
+
+
+def test_padding_does_not_change_the_classified_state():
+    model = GPT(GPTConfig.preset("nano"), dtype="float64", seed=4).eval()
+    head = ClassifierHead(2, 16, model.be, np.float64, seed=0)
+    seq = [3, 7, 1, 9]
+    alone, _, last = make_batch([seq], pad_id=0)
+    model.forward(alone)
+    a, _ = head.forward(model.hidden, last)
+    padded, targets, last = make_batch([seq, seq + [5, 5, 5]], pad_id=0)
+    assert targets[0].tolist() == [7, 1, 9, -1, -1, -1, -1] and last.tolist() == [3, 6]
+    model.forward(padded)
+    b, _ = head.forward(model.hidden, last)
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-12)
+
+
+def write_toy_task(path, n=240, seed=0):
+    """Three classes told apart by their letters: a-c, d-f or g-i (words of length 3-8)."""
+    rng = np.random.default_rng(seed)
+    letters = ["abc", "def", "ghi"]
+    lines = []
+    for _ in range(n):
+        k = int(rng.integers(3))
+        word = "".join(rng.choice(list(letters[k]), size=int(rng.integers(3, 9))))
+        lines.append(f"{word}\tclass_{k}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_finetune_learns_a_separable_task(tmp_path, capsys):
+    data = tmp_path / "toy.tsv"
+    write_toy_task(data)
+    tok = CharTokenizer.train("abcdefghi")
+    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
+    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    assert main(["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"),
+                 "--epochs", "4", "--batch-size", "8", "--lr", "1e-2", "--out",
+                 str(tmp_path / "ft"), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["classes"] == ["class_0", "class_1", "class_2"]
+    assert summary["n_test"] == 48 and summary["n_train"] == 192
+    assert summary["accuracy"] >= 0.95
+    assert summary["baseline_accuracy"] >= 0.0          # words are mostly unique: a weak baseline
+
+
+def test_read_labelled_file_and_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("Great film.\t1\nAwful\tplot!\t0\n\n")
+    (tmp_path / "b.tsv").write_text("meh\tneutral\n")
+    (tmp_path / "readme.txt").write_text("This folder holds labelled sentences.\n")
+    texts, labels = read_labelled(tmp_path)
+    assert texts == ["Great film.", "Awful\tplot!", "meh"] and labels == ["1", "0", "neutral"]
+    with pytest.raises(ValueError, match="line 1"):
+        read_labelled(tmp_path / "readme.txt")
+    tr, te = split_examples(10, 0.3, seed=0)
+    assert len(te) == 3 and sorted(np.concatenate([tr, te]).tolist()) == list(range(10))
+
+
+def test_bag_of_words_baseline_separates_keywords():
+    rng = np.random.default_rng(0)
+    filler = ["the", "a", "movie", "food", "was", "really", "quite"]
+    texts, y = [], []
+    for _ in range(200):
+        k = int(rng.integers(2))
+        words = list(rng.choice(filler, 4)) + [("good", "bad")[k]]
+        texts.append(" ".join(rng.permutation(words)))
+        y.append(k)
+    acc = baseline_accuracy(texts[:150], y[:150], texts[150:], y[150:], 2)
+    assert acc == 1.0
