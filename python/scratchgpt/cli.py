@@ -12,6 +12,7 @@ COMMANDS = (
     "scratchgpt.train",
     "scratchgpt.sample",
     "scratchgpt.finetune",
+    "scratchgpt.bench",
 )
 
 

@@ -1,0 +1,266 @@
+"""`scratchgpt bench`: what every kernel is worth, against the hardware's measured limits and
+against PyTorch, in one run.
+
+    scratchgpt bench --cpu                 # NumPy model vs PyTorch CPU, kernel table on the CPU
+    scratchgpt bench --gpu --out DIR       # kernel table + GPT-2 124M step on the GPU
+    scratchgpt bench --json                # ... and a last line of JSON
+    scratchgpt bench --gpu --only layernorm,attention
+
+Without --cpu / --gpu both parts run; the GPU part says why when it cannot. The JSON object:
+commit, date, device, driver, ceilings {copy_gbps, sgemm_tflops, bf16_gemm_tflops} and
+kernels [{name, pass, shape, ms, gbps, tflops, bound, pct_of_ceiling, torch_ms,
+speedup_vs_torch, device, ...}] (device, driver and ceilings are the GPU's when it ran, else
+the CPU's; the kernels list holds both), end_to_end {numpy_tokens_per_s, torch_tokens_per_s,
+cuda_tokens_per_s, torch_cuda_tokens_per_s, torch_compile_tokens_per_s, ... with the MFUs},
+host_executor, and the per-device sections "cpu" and "gpu". GPU runs also write
+<date>_<device>.json/.md/.png to --out (default benchmarks/results).
+"""
+import datetime
+import json
+import os
+import re
+import sys
+
+from .benchmarks.common import Budget, blas_threads, cpu_name, git_commit, import_torch
+from .config import PRESETS, GPTConfig
+
+END_TO_END = "end_to_end"
+GPT2_SHAPES = dict(B=8, T=1024, vocab_size=50304)     # GPT-2 124M, vocabulary padded to 64
+
+
+def _wants(only, name):
+    return not only or name in {n.strip() for item in only for n in item.split(",")}
+
+
+def _kernel_only(only):
+    """--only minus end_to_end: the kernel names, or None (all) when only end_to_end is asked."""
+    if not only:
+        return None
+    names = [n.strip() for item in only for n in item.split(",") if n.strip() and n.strip() != END_TO_END]
+    return names if names else []
+
+
+# ------------------------------------------------------------------------------------ CPU
+def run_cpu(args, budget, log):
+    from .benchmarks import cpu, kernels
+    from .ops import get_backend
+
+    threads, source = blas_threads()
+    section = {"device": cpu_name(), "threads": threads, "threads_source": source}
+    timer = cpu.WallTimer(warmup=1, repeats=args.repeats or 5, flush_bytes=args.flush_mb << 20)
+    log("CPU: measuring ceilings (copy, float32 GEMM)")
+    section["ceilings"] = cpu.cpu_ceilings(timer, copy_bytes=args.copy_mb << 20, gemm_n=args.gemm_n)
+    cfg = GPTConfig.preset(args.preset)
+    torch, reason = import_torch()
+    torch_side = None
+    if torch is not None:
+        torch.set_num_threads(threads)            # same threads as NumPy's BLAS
+        torch_side = (torch, torch.from_numpy)
+    section["torch"] = torch.__version__ if torch else None
+    section["torch_reason"] = reason
+
+    names = _kernel_only(args.only)
+    section["kernels"] = []
+    if names != []:
+        cases = kernels.select(kernels.model_cases(**kernels.model_dims(cfg, args.batch, args.seq)), names)
+        log(f"CPU: {len(cases)} kernel cases at the {args.preset} preset's shapes (NumPy reference, float32)")
+        section["kernels"] = kernels.run_table(cases, get_backend("numpy"), timer, section["ceilings"],
+                                               torch_side, budget, progress=args.progress)
+    for r in section["kernels"]:
+        r["device"] = "cpu"
+    if _wants(args.only, END_TO_END):
+        log(f"CPU: end to end, {args.preset} B={args.batch} T={args.seq}, {threads} threads")
+        section[END_TO_END] = cpu.cpu_end_to_end(cfg, args.batch, args.seq, steps=args.steps,
+                                                 warmup=args.warmup, threads=threads)
+        section[END_TO_END]["preset"] = args.preset
+        log("CPU: host executor, one nano step")
+        section["host_executor"] = cpu.host_nano_step()
+        if args.profile:
+            section["numpy_profile"] = cpu.profile_numpy_step(cfg, args.batch, args.seq)
+    return section
+
+
+# ------------------------------------------------------------------------------------ GPU
+def run_gpu(args, budget, log):
+    from .benchmarks import gpu, kernels
+    from .ops import get_backend
+
+    cp, reason = gpu.import_cupy()
+    if cp is None:
+        return {"skipped": reason}
+    section = gpu.device_info(cp)
+    torch, torch_reason = gpu.torch_for_gpu()
+    section["torch"] = torch.__version__ if torch else None
+    section["torch_reason"] = torch_reason
+    timer = gpu.EventTimer(cp, warmup=3, repeats=args.repeats or 20)
+    log(f"GPU: {section['device']}: measuring ceilings (copy, SGEMM, bf16 GEMM)")
+    section["ceilings"] = gpu.gpu_ceilings(cp, timer, torch=torch)
+
+    cfg = GPTConfig.preset("gpt2", vocab_size=GPT2_SHAPES["vocab_size"])
+    names = _kernel_only(args.only)
+    section["kernels"] = []
+    if names != []:
+        cases = kernels.model_cases(**kernels.model_dims(cfg, GPT2_SHAPES["B"], GPT2_SHAPES["T"]))
+        if not args.no_sweep:
+            cases += kernels.sweep_cases(B=GPT2_SHAPES["B"], T=GPT2_SHAPES["T"])
+        cases = kernels.select(cases, names)
+        try:
+            backend = get_backend("cuda")
+        except Exception as e:
+            backend, why = None, f"cuda backend unavailable: {type(e).__name__}: {e}"
+        if backend is None:
+            section["kernels"] = [{"name": c.op, "label": c.label, "pass": c.pass_, "shape": c.shape,
+                                   "tags": c.tags, "bytes": c.bytes(), "flops": c.flops(), "ms": None,
+                                   "skip": why} for c in cases]
+        else:
+            log(f"GPU: {len(cases)} kernel cases")
+            to_torch = (lambda a: torch.from_dlpack(a)) if torch else None
+            section["kernels"] = kernels.run_table(
+                cases, backend, timer, section["ceilings"], (torch, to_torch) if torch else None,
+                budget, progress=args.progress, check_rows=args.check_rows)
+    for r in section["kernels"]:
+        r["device"] = "cuda"
+    if _wants(args.only, END_TO_END):
+        log("GPU: end to end, GPT-2 124M training step")
+        section[END_TO_END] = gpu.gpu_end_to_end(
+            cp, cfg, GPT2_SHAPES["B"], GPT2_SHAPES["T"], section["ceilings"], torch,
+            compile=not args.no_compile, budget=budget)
+    return section
+
+
+# --------------------------------------------------------------------------------- output
+def assemble(cpu_section, gpu_section):
+    """One report: the top-level keys describe the GPU when it ran, else the CPU; the kernel
+    records of both (each says its device) move to the top-level list."""
+    gpu_ran = gpu_section is not None and "skipped" not in gpu_section
+    main = gpu_section if gpu_ran else (cpu_section or {})
+    sections = [s for s in (gpu_section, cpu_section) if s is not None]
+    return {"commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), "device": main.get("device"), "driver": main.get("driver"),
+        "ceilings": main.get("ceilings"),
+        "kernels": [r for s in sections for r in s.pop("kernels", [])],
+        END_TO_END: {**(cpu_section or {}).get(END_TO_END, {}), **(gpu_section or {}).get(END_TO_END, {})},
+        "host_executor": (cpu_section or {}).get("host_executor"),
+        "cpu": cpu_section, "gpu": gpu_section}
+
+
+def markdown(report):
+    from .benchmarks import kernels
+    from .benchmarks.report import (CPU_E2E_ROWS, GPU_E2E_ROWS, ceilings_table, end_to_end_table,
+                                    kernel_table)
+    parts = [f"# scratchgpt bench — {report['date']}, commit {report['commit']}"]
+    for key, rows, label in (("gpu", GPU_E2E_ROWS, "GPU"), ("cpu", CPU_E2E_ROWS, "CPU")):
+        s = report.get(key)
+        records = [r for r in report["kernels"] if r["device"] == ("cuda" if key == "gpu" else "cpu")]
+        if s is None:
+            continue
+        if "skipped" in s:
+            parts.append(f"## {label}: skipped — {s['skipped']}")
+            continue
+        extra = (f", driver {s['driver']}, CUDA {s['cuda_runtime']}" if key == "gpu"
+                 else f", {s['threads']} threads")
+        parts.append(f"## {label}: {s['device']}{extra}")
+        parts.append(ceilings_table(s["ceilings"], "Ceilings (measured in this run)"))
+        if records:
+            parts.append(kernel_table(records, "Kernels"))
+            misses = kernels.summarize_goals(records)
+            if misses:
+                parts.append("Goals missed (memory-bound ≥ 85% of copy, matmul ≥ 90% of GEMM, "
+                             "≥ 1.0x PyTorch):\n" + "\n".join(f"- {m}" for m in misses))
+        e = s.get(END_TO_END)
+        if e:
+            parts.append(end_to_end_table(e, rows, "End to end: one training step"))
+            if key == "cpu":
+                ratio = e.get("numpy_vs_torch")
+                parts.append(f"NumPy / PyTorch CPU: {ratio:.2f}x (goal 0.8x)" if ratio
+                             else f"PyTorch CPU: {e.get('torch_reason')}")
+        h = s.get("host_executor")
+        if h is not None:
+            parts.append(f"Host executor, one nano training step: "
+                         + (f"{h['ms_per_step']:.1f} ms (NumPy {h['numpy_ms_per_step']:.1f} ms)"
+                            if h.get("ms_per_step") else f"not measured: {h['reason']}"))
+        prof = s.get("numpy_profile")
+        if prof:
+            parts.append("NumPy step profile (own time per step):\n" + "\n".join(
+                f"- {t['s_per_step'] * 1e3:7.2f} ms {100 * t['share']:4.1f}%  {t['function']}"
+                for t in prof["top"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_results(report, out_dir, section, e2e_rows, tag, device):
+    """<date>_<device>.json / .md / .png in out_dir; returns the paths."""
+    from .benchmarks.report import plot
+    os.makedirs(out_dir, exist_ok=True)
+    day = report["date"][:10]
+    device = re.sub(r"[^A-Za-z0-9]+", "-", section["device"] or tag).strip("-")
+    stem = os.path.join(out_dir, f"{day}_{device}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(report))
+    plot(section, [r for r in report["kernels"] if r["device"] == device], stem + ".png",
+         f"{tag.upper()} {section['device']}", e2e_rows)
+    return [stem + ".json", stem + ".md", stem + ".png"]
+
+
+def run(args):
+    from .benchmarks.report import CPU_E2E_ROWS, GPU_E2E_ROWS
+    if args.seq is None:
+        args.seq = GPTConfig.preset(args.preset).block_size
+    do_cpu, do_gpu = (args.cpu, args.gpu) if (args.cpu or args.gpu) else (True, True)
+    budget = Budget(args.budget_s)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    gpu_section = run_gpu(args, budget, log) if do_gpu else None
+    cpu_section = run_cpu(args, budget, log) if do_cpu else None
+    report = assemble(cpu_section, gpu_section)
+    written = []
+    if gpu_section is not None and "skipped" not in gpu_section:
+        written += write_results(report, args.out or os.path.join("benchmarks", "results"),
+                                 gpu_section, GPU_E2E_ROWS, "gpu", "cuda")
+    elif cpu_section is not None and args.out:
+        written += write_results(report, args.out, cpu_section, CPU_E2E_ROWS, "cpu", "cpu")
+    report["files"] = written
+    print(markdown(report))
+    for path in written:
+        print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(report, default=float))
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="kernel and end-to-end benchmarks (GPU and CPU) against "
+                       "the measured ceilings and PyTorch",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="run the CPU part")
+    p.add_argument("--gpu", action="store_true", help="run the GPU part (says why when it cannot)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="only these kernels (repeat or comma-separate; 'end_to_end' for the "
+                   "training-step comparison)")
+    p.add_argument("--out", help="folder for <date>_<device>.json/.md/.png (GPU default "
+                   "benchmarks/results; CPU runs write only when given)")
+    p.add_argument("--preset", default="mini", choices=sorted(PRESETS),
+                   help="CPU model size (default mini)")
+    p.add_argument("--batch", type=int, default=8, help="CPU batch size (default 8)")
+    p.add_argument("--seq", type=int, default=None, help="CPU sequence length (default: the preset's block size)")
+    p.add_argument("--steps", type=int, default=10, help="timed CPU training steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="CPU warm-up steps (default 2)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per kernel (default 20 on the GPU, 5 on the CPU)")
+    p.add_argument("--copy-mb", type=int, default=256, help="CPU copy-ceiling buffer (MB)")
+    p.add_argument("--gemm-n", type=int, default=1024, help="CPU GEMM-ceiling size n (n x n x n)")
+    p.add_argument("--flush-mb", type=int, default=64, help="CPU cache-flush buffer (MB)")
+    p.add_argument("--check-rows", type=int, default=2048,
+                   help="GPU reference checks run at most this many rows (default 2048)")
+    p.add_argument("--no-sweep", action="store_true", help="GPU: GPT-2 shapes only")
+    p.add_argument("--no-compile", action="store_true", help="GPU: skip torch.compile")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new work after this many seconds")
+    p.add_argument("--profile", action="store_true",
+                   help="CPU: profile the NumPy training step (top functions by own time)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run)
