@@ -21,7 +21,8 @@ import os
 import re
 import sys
 
-from .benchmarks.common import Budget, blas_threads, cpu_name, git_commit, import_torch
+from .benchmarks.common import (Budget, blas_threads, cpu_name, git_commit, import_torch,
+                                load_average, set_blas_threads)
 from .config import PRESETS, GPTConfig
 
 END_TO_END = "end_to_end"
@@ -45,8 +46,12 @@ def run_cpu(args, budget, log):
     from .benchmarks import cpu, kernels
     from .ops import get_backend
 
+    if args.threads:
+        if not set_blas_threads(args.threads):
+            log(f"CPU: cannot set NumPy's BLAS threads here; keeping {blas_threads()[0]}")
     threads, source = blas_threads()
-    section = {"device": cpu_name(), "threads": threads, "threads_source": source}
+    section = {"device": cpu_name(), "cpus": os.cpu_count(), "threads": threads,
+               "threads_source": source, "load_average_before": load_average()}
     timer = cpu.WallTimer(warmup=1, repeats=args.repeats or 5, flush_bytes=args.flush_mb << 20)
     log("CPU: measuring ceilings (copy, float32 GEMM)")
     section["ceilings"] = cpu.cpu_ceilings(timer, copy_bytes=args.copy_mb << 20, gemm_n=args.gemm_n)
@@ -77,6 +82,7 @@ def run_cpu(args, budget, log):
         section["host_executor"] = cpu.host_nano_step()
         if args.profile:
             section["numpy_profile"] = cpu.profile_numpy_step(cfg, args.batch, args.seq)
+    section["load_average_after"] = load_average()
     return section
 
 
@@ -158,7 +164,8 @@ def markdown(report):
             parts.append(f"## {label}: skipped — {s['skipped']}")
             continue
         extra = (f", driver {s['driver']}, CUDA {s['cuda_runtime']}" if key == "gpu"
-                 else f", {s['threads']} threads")
+                 else f", {s['threads']} of {s['cpus']} cores, load average "
+                 f"{s['load_average_before']} before / {s['load_average_after']} after")
         parts.append(f"## {label}: {s['device']}{extra}")
         parts.append(ceilings_table(s["ceilings"], "Ceilings (measured in this run)"))
         if records:
@@ -245,6 +252,8 @@ def register(sub):
                    "benchmarks/results; CPU runs write only when given)")
     p.add_argument("--preset", default="mini", choices=sorted(PRESETS),
                    help="CPU model size (default mini)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for NumPy's BLAS and for torch (default: NumPy's current count)")
     p.add_argument("--batch", type=int, default=8, help="CPU batch size (default 8)")
     p.add_argument("--seq", type=int, default=None, help="CPU sequence length (default: the preset's block size)")
     p.add_argument("--steps", type=int, default=10, help="timed CPU training steps (default 10)")

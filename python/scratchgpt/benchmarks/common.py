@@ -68,21 +68,37 @@ def rel_err(ours, ref):
     return float(diff / denom) if denom > 0 else float(diff)
 
 
-def blas_threads():
-    """Threads NumPy's BLAS uses (OpenBLAS asked directly; else the usual environment
-    variables; else the CPU count), and where the number came from."""
+def _openblas(fn_name):
+    """The loaded OpenBLAS's `fn_name` under any of its symbol spellings, or None."""
     try:
         with open("/proc/self/maps") as f:
             libs = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
         for path in sorted(libs):
             lib = ctypes.CDLL(path)
-            for sym in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
-                        "openblas_get_num_threads64_"):
+            for sym in (f"openblas_{fn_name}", f"scipy_openblas_{fn_name}64_", f"openblas_{fn_name}64_"):
                 fn = getattr(lib, sym, None)
                 if fn is not None:
-                    return int(fn()), "openblas"
+                    return fn
     except OSError:
         pass
+    return None
+
+
+def set_blas_threads(n):
+    """Set NumPy's BLAS thread count (OpenBLAS); returns False when it cannot be set here."""
+    fn = _openblas("set_num_threads")
+    if fn is None:
+        return False
+    fn(int(n))
+    return True
+
+
+def blas_threads():
+    """Threads NumPy's BLAS uses (OpenBLAS asked directly; else the usual environment
+    variables; else the CPU count), and where the number came from."""
+    fn = _openblas("get_num_threads")
+    if fn is not None:
+        return int(fn()), "openblas"
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var]), var
@@ -112,3 +128,11 @@ def cpu_name():
         pass
     import platform
     return platform.processor() or platform.machine()
+
+
+def load_average():
+    """The 1-minute load average (other work on the machine skews CPU timings), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None

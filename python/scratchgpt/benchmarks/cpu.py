@@ -76,7 +76,7 @@ def torch_step(torch, model, opt):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         opt.step()
-        return loss
+        return loss.detach()
     return step
 
 

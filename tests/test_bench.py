@@ -1,0 +1,163 @@
+"""`scratchgpt bench`: the plain PyTorch GPT agrees with our model, the byte and FLOP formulas,
+the rates and bounds, the reference check catching a wrong kernel, and the CPU benchmark's
+JSON at tiny sizes. The GPU part is exercised where it can be: it must say why it skips."""
+import json
+
+import numpy as np
+import pytest
+
+from scratchgpt import GPT, GPTConfig
+from scratchgpt.benchmarks import kernels
+from scratchgpt.benchmarks.common import import_torch, rel_err
+from scratchgpt.benchmarks.cpu import WallTimer, cpu_end_to_end
+from scratchgpt.cli import main
+from scratchgpt.ops import Backend, reference_backend
+
+torch, TORCH_REASON = import_torch()
+needs_torch = pytest.mark.skipif(torch is None, reason=f"PyTorch comparison: {TORCH_REASON}")
+
+
+@needs_torch
+def test_torch_gpt_matches_numpy_model_float64():
+    """Same weights, same batch, float64: loss and every gradient agree to 1e-10."""
+    from scratchgpt.benchmarks.torch_gpt import TorchGPT
+    cfg = GPTConfig.preset("nano")
+    ours = GPT(cfg, backend="numpy", dtype="float64", seed=3)
+    theirs = TorchGPT(cfg).double().load_numpy(ours.params)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (3, cfg.block_size))
+    y = rng.integers(0, cfg.vocab_size, (3, cfg.block_size))
+    y[0, :4] = -1                                      # ignored targets count the same way
+    _, loss = ours.forward(x, y)
+    grads = ours.backward()
+    _, tloss = theirs(torch.from_numpy(x), torch.from_numpy(y))
+    tloss.backward()
+    assert abs(float(loss) - tloss.item()) <= 1e-10 * abs(float(loss))
+    for name, p in theirs.named_parameters():
+        assert rel_err(p.grad.numpy(), grads[name]) < 1e-10, name
+
+
+@needs_torch
+def test_torch_gpt_rejects_what_it_does_not_model():
+    from scratchgpt.benchmarks.torch_gpt import TorchGPT
+    with pytest.raises(ValueError, match="pre-LN"):
+        TorchGPT(GPTConfig.preset("gpt1"))
+
+
+def test_formulas_by_hand():
+    lin = kernels.Case("linear", "forward", {"N": 2, "in": 3, "out": 4, "bias": True})
+    assert lin.bytes() == 4 * (2 * 3 + 4 * 3 + 4 + 2 * 4)      # x, W, b, out
+    assert lin.flops() == 2 * 2 * 3 * 4
+    assert kernels.Case("linear", "backward", lin.shape).flops() == 2 * lin.flops()
+    # causal attention, T=2: 3 query-key pairs per head, each 2·D for QK^T and 2·D for PV
+    att = kernels.Case("attention", "forward", {"B": 1, "T": 2, "C": 4, "H": 2})
+    assert att.flops() == 2 * 3 * (2 * 2 + 2 * 2)
+    assert att.bytes() == 4 * (3 * 2 * 4 + 2 * 4 + 2 * 2)     # qkv -> y, lse
+    ln = kernels.Case("layernorm", "forward", {"N": 5, "C": 7})
+    assert ln.bytes() == 4 * (2 * 35 + 2 * 7 + 2 * 5)
+    assert kernels.Case("adamw", "update", {"P": 10}).bytes() == 7 * 4 * 10
+
+
+def test_rates_bound_and_percentage():
+    ceilings = {"copy_gbps": 100.0, "sgemm_tflops": 10.0}     # ridge at 100 FLOP/byte
+    ln = kernels.Case("layernorm", "forward", {"N": 1000, "C": 1000})
+    r = kernels.rates(ln, 1.0, ceilings)
+    assert r["bound"] == "memory"
+    assert r["gbps"] == pytest.approx(ln.bytes() / 1e-3 / 1e9)
+    assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / 100.0)
+    mm = kernels.Case("linear", "forward", {"N": 4096, "in": 4096, "out": 4096, "bias": False})
+    r = kernels.rates(mm, 2.0, ceilings)
+    assert r["bound"] == "compute"
+    assert r["pct_of_ceiling"] == pytest.approx(100 * r["tflops"] / 10.0)
+
+
+def test_select_names_and_unknown():
+    cases = kernels.model_cases(B=2, T=4, C=8, H=2, V=16, P=100)
+    assert {c.op for c in kernels.select(cases, ["gelu,layernorm"])} == {"gelu", "layernorm"}
+    with pytest.raises(ValueError, match="unknown kernel"):
+        kernels.select(cases, ["layernrom"])
+
+
+def _tiny_table(backend, cases):
+    return kernels.run_table(cases, backend, WallTimer(warmup=0, repeats=2, flush_bytes=1 << 16),
+                             {"copy_gbps": 10.0, "sgemm_tflops": 0.1}, progress=False)
+
+
+def test_table_times_the_reference_and_checks_it():
+    cases = kernels.model_cases(B=2, T=8, C=16, H=2, V=32, P=500)
+    records = _tiny_table(reference_backend(), cases)
+    assert len(records) == len(cases)
+    for r in records:
+        assert r["skip"] is None, r
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["tflops"] > 0 and r["pct_of_ceiling"] > 0
+        assert r["check_rel_err"] < 1e-5                       # float32 vs the float64 reference
+
+
+def test_table_refuses_a_wrong_kernel_and_skips_fallbacks():
+    class OffByOnePercent:                                    # a "kernel" with a wrong answer
+        @staticmethod
+        def forward(x, weight, bias, eps=1e-5):
+            out, cache = reference_backend().layernorm.forward(x, weight, bias, eps)
+            return out * 1.01, cache
+    ops = dict(reference_backend().ops, layernorm=OffByOnePercent)
+    backend = Backend("fake", np, ops, fallbacks=["gelu"])
+    records = _tiny_table(backend, [kernels.Case("layernorm", "forward", {"N": 8, "C": 16}, check=True),
+                                    kernels.Case("gelu", "forward", {"N": 8, "C": 16})])
+    assert records[0]["ms"] is None and "wrong result" in records[0]["skip"]
+    assert records[0]["check_rel_err"] == pytest.approx(0.01, rel=1e-3)
+    assert records[1]["ms"] is None and "falls back" in records[1]["skip"]
+
+
+def test_shrink_keeps_the_row_shape():
+    assert kernels.shrink({"B": 8, "T": 1024, "C": 768, "H": 12}, 2048) == {"B": 2, "T": 1024, "C": 768, "H": 12}
+    assert kernels.shrink({"N": 8192, "V": 50304}, 2048) == {"N": 2048, "V": 50304}
+
+
+def test_cpu_end_to_end_tiny():
+    cfg = GPTConfig.preset("nano")
+    e = cpu_end_to_end(cfg, batch=2, seq=16, steps=2, warmup=1)
+    assert e["numpy_tokens_per_s"] > 0 and e["numpy_ms_per_step"] > 0 and e["threads"] >= 1
+    if torch is None:
+        assert e["torch_tokens_per_s"] is None and e["torch_reason"]
+    else:
+        assert e["torch_tokens_per_s"] > 0
+        # same weights, same first batch: the float32 losses agree
+        assert e["torch_first_loss"] == pytest.approx(e["numpy_first_loss"], rel=1e-5)
+
+
+def test_cli_cpu_json(tmp_path, capsys):
+    rc = main(["bench", "--cpu", "--json", "--preset", "nano", "--batch", "2", "--steps", "2",
+               "--warmup", "1", "--repeats", "2", "--copy-mb", "8", "--gemm-n", "128",
+               "--flush-mb", "1", "--no-progress", "--only", "layernorm,linear,end_to_end",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    e = report["end_to_end"]
+    assert e["numpy_tokens_per_s"] > 0
+    assert (e["torch_tokens_per_s"] > 0) if torch is not None else (e["torch_tokens_per_s"] is None)
+    assert report["ceilings"]["copy_gbps"] > 0 and report["ceilings"]["sgemm_tflops"] > 0
+    assert {r["name"] for r in report["kernels"]} == {"layernorm", "linear"}
+    for r in report["kernels"]:
+        assert {"name", "pass", "shape", "ms", "gbps", "tflops", "bound", "pct_of_ceiling",
+                "torch_ms", "speedup_vs_torch"} <= set(r)
+        assert r["ms"] > 0 and r["bound"] in ("memory", "compute")
+        if torch is not None:
+            assert r["torch_ms"] > 0 and r["speedup_vs_torch"] == pytest.approx(r["torch_ms"] / r["ms"])
+    host = report["host_executor"]
+    assert host["ms_per_step"] > 0 if host["reason"] is None else host["ms_per_step"] is None
+    assert any(p.endswith(".png") for p in report["files"])
+    assert (tmp_path / report["files"][-1].rsplit("/", 1)[-1]).stat().st_size > 10_000
+    assert "| layernorm | forward |" in "\n".join(out)
+
+
+def test_gpu_part_says_why_it_skips():
+    from scratchgpt.benchmarks.gpu import import_cupy
+    cp, reason = import_cupy()
+    if cp is not None:
+        pytest.skip("a GPU is present: the GPU part runs (device_check.sh)")
+    from scratchgpt.bench import run_gpu
+    from scratchgpt.benchmarks.common import Budget
+    from scratchgpt.cli import build_parser
+    section = run_gpu(build_parser().parse_args(["bench", "--gpu"]), Budget(), lambda msg: None)
+    assert section == {"skipped": reason} and reason
