@@ -457,7 +457,10 @@ def rates(case, ms, ceilings):
 def run_table(cases, backend, timer, ceilings, torch_side=None, budget=None, progress=True,
               seed=0, check_rows=None):
     """Time every case on `backend` and, when `torch_side` = (torch, to_torch) is given,
-    its PyTorch equivalent; `to_torch` turns one of our arrays into a tensor (no copy). Returns one record per case; a case that cannot run says why."""
+    its PyTorch equivalent (`to_torch` turns one of our arrays into a tensor without a copy).
+    Cases marked `check` are first compared with the reference, at `shrink(shape, check_rows)`
+    when check_rows is set; a wrong result is not timed. An op without a kernel here still
+    gets its PyTorch time. Returns one record per case; what could not run says why."""
     records = []
     for case in tqdm(cases, desc="kernels", disable=not progress, leave=False):
         spec = case.spec
@@ -469,35 +472,45 @@ def run_table(cases, backend, timer, ceilings, torch_side=None, budget=None, pro
         if budget is not None and budget.spent(5.0):
             rec["skip"] = "time budget spent"
             continue
+        try:
+            inputs = spec.inputs(backend.xp, case.shape, seed)
+        except Exception as e:          # e.g. out of device memory at a sweep's largest shape
+            rec["skip"] = f"inputs: {type(e).__name__}: {e}"
+            continue
         if case.op in backend.fallbacks or case.op not in backend.ops:
             rec["skip"] = f"no {backend.name} kernel (the op falls back to the reference)"
-            continue
-        try:
-            op_module = getattr(backend, case.op)
-            if case.check:
-                small = case.shape if check_rows is None else shrink(case.shape, check_rows)
-                err = check_against_reference(Case(case.op, case.pass_, small), op_module,
-                                              spec.inputs(backend.xp, small, seed + 1), backend.asnumpy)
-                rec["check_rel_err"], rec["check_shape"] = err, small
-                if not err < spec.tol:      # NaN fails too
-                    rec["skip"] = f"wrong result: relative error {err:.2e} > {spec.tol:.0e}"
-                    continue
-            inputs = spec.inputs(backend.xp, case.shape, seed)
-            rec["ms"] = median(timer(spec.call(op_module, inputs, case.pass_)))
-            rec.update(rates(case, rec["ms"], ceilings))
-        except Exception as e:          # one kernel's failure must not end the whole table
-            rec["skip"] = f"{type(e).__name__}: {e}"
-            continue
-        if torch_side is not None:
+        else:
+            _time_ours(rec, case, getattr(backend, case.op), backend, inputs, timer, ceilings,
+                       seed, check_rows)
+        if torch_side is not None and not (rec["skip"] or "").startswith("wrong result"):
             torch, to_torch = torch_side
             try:
                 t = {k: (to_torch(v) if hasattr(v, "shape") else v) for k, v in inputs.items()}
                 rec["torch_ms"] = median(timer(spec.torch(torch, t, case.shape, case.pass_)))
-                rec["speedup_vs_torch"] = rec["torch_ms"] / rec["ms"]
+                if rec["ms"]:
+                    rec["speedup_vs_torch"] = rec["torch_ms"] / rec["ms"]
+                del t
             except Exception as e:
                 rec["torch_skip"] = f"{type(e).__name__}: {e}"
         del inputs
     return records
+
+
+def _time_ours(rec, case, op_module, backend, inputs, timer, ceilings, seed, check_rows):
+    spec = case.spec
+    try:
+        if case.check:
+            small = case.shape if check_rows is None else shrink(case.shape, check_rows)
+            err = check_against_reference(Case(case.op, case.pass_, small), op_module,
+                                          spec.inputs(backend.xp, small, seed + 1), backend.asnumpy)
+            rec["check_rel_err"], rec["check_shape"] = err, small
+            if not err < spec.tol:          # NaN fails too
+                rec["skip"] = f"wrong result: relative error {err:.2e} > {spec.tol:.0e}"
+                return
+        rec["ms"] = median(timer(spec.call(op_module, inputs, case.pass_)))
+        rec.update(rates(case, rec["ms"], ceilings))
+    except Exception as e:              # one kernel's failure must not end the whole table
+        rec["skip"] = f"{type(e).__name__}: {e}"
 
 
 def summarize_goals(records, copy_goal=85.0, sgemm_goal=90.0):

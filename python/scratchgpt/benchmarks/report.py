@@ -20,8 +20,9 @@ def kernel_table(records, title):
         shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
         check = ("—" if r.get("check_rel_err") is None else f"{r['check_rel_err']:.1e}")
         if r.get("skip"):
-            notes.append(f"- {_name(r)} {r['pass']} ({shape}): {r['skip']}")
-            lines.append(f"| {_name(r)} | {r['pass']} | {shape} | skipped | | | | | | | {check} |")
+            notes.append(f"- {_name(r)} {r['pass']}: {r['skip']}")
+            lines.append(f"| {_name(r)} | {r['pass']} | {shape} | skipped | | | | | "
+                         f"{_num(r.get('torch_ms'), '.3f')} | | {check} |")
             continue
         speed = _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch") else "")
         lines.append(f"| {_name(r)} | {r['pass']} | {shape} | {r['ms']:.3f} | {r['gbps']:.1f} | "
@@ -75,7 +76,7 @@ def plot(section, records, path, title, e2e_rows):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2], "wspace": 0.55})
     c = section["ceilings"]
     timed = [r for r in records if r.get("ms")]
     bw, peak = c["copy_gbps"] * 1e9, c["sgemm_tflops"] * 1e12
@@ -97,15 +98,24 @@ def plot(section, records, path, title, e2e_rows):
             pts = [r for r in timed if r["name"] == op and r["pass"] == p]
             if pts:
                 ax.scatter([r["flops"] / r["bytes"] for r in pts], [r["tflops"] for r in pts],
-                           color=cmap(i % 10), marker=m, s=40, edgecolor="k", lw=0.5,
-                           label=f"{op} {p}", zorder=3)
+                           color=cmap(i % 10), marker=m, s=40, edgecolor="k", lw=0.5, zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title(f"{title}: kernels vs measured ceilings")
+    ax.set_title(f"{title}: kernels vs measured ceilings", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    # three small legends: the ceilings inside, the ops (colour) and passes (marker) outside
+    from matplotlib.lines import Line2D
+    ax.add_artist(ax.legend(fontsize=8, loc="upper left"))
+    op_handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10), markeredgecolor="k", label=op)
+                  for i, op in enumerate(ops)]
+    pass_handles = [Line2D([], [], ls="", marker=m, color="w", markeredgecolor="k", label=p)
+                    for p, m in markers.items() if any(r["pass"] == p for r in timed)]
+    ax.add_artist(ax.legend(handles=op_handles, fontsize=8, title="kernel", title_fontsize=8,
+                            loc="upper left", bbox_to_anchor=(1.01, 1.0)))
+    ax.legend(handles=pass_handles, fontsize=8, title="pass", title_fontsize=8,
+              loc="lower left", bbox_to_anchor=(1.01, 0.0))
 
     e = section.get("end_to_end") or {}
     labels = [label for label, prefix in e2e_rows if e.get(f"{prefix}_tokens_per_s")]
@@ -115,12 +125,13 @@ def plot(section, records, path, title, e2e_rows):
         bx.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=9)
     bx.set_xlabel("training tokens/s (forward + backward + AdamW)")
     shape = f"B={e.get('batch')} T={e.get('seq')} {e.get('dtype', '')}"
-    bx.set_title(f"end to end, {shape}" + (f", {e['threads']} threads" if e.get("threads") else ""))
+    threads = e.get("threads")
+    bx.set_title(f"end to end, {shape}" + (f", {threads} thread{'s' if threads > 1 else ''}"
+                                           if threads else ""), fontsize=10)
     if values:
         bx.set_xlim(0, max(values) * 1.25)
     else:
         bx.text(0.5, 0.5, "not measured", ha="center", transform=bx.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
