@@ -44,7 +44,30 @@ def get_backend(name):
     if name == "numpy":
         return reference_backend()
     if name in ("host", "cuda"):
-        raise NotImplementedError(
-            f"backend {name!r}: the compiled kernels are not built in this version; "
-            "use backend='numpy'")
+        return kernel_backend(name)
     raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+
+
+def kernel_backend(name):
+    """The compiled kernels for `name` ("host" or "cuda"); every op without a kernel yet runs on
+    the reference (on the cuda backend through a host round trip) and is listed, once, in a
+    KernelFallbackWarning and in Backend.fallbacks. RuntimeError when the backend is unavailable
+    here, saying why (what `scratchgpt info` reports)."""
+    import warnings
+
+    from .kernels import REGISTRY, KernelFallbackWarning, Runtime
+    from .kernels.fallback import HostFallback
+
+    runtime = Runtime(name)
+    ops, fallbacks = {}, []
+    for op in reference.OPS:
+        if op in REGISTRY:
+            ops[op] = REGISTRY[op](runtime)
+        else:
+            module = getattr(reference, op)
+            ops[op] = module if runtime.xp is np else HostFallback(module, runtime.xp)
+            fallbacks.append(op)
+    if fallbacks:
+        warnings.warn(f"backend {name!r}: no kernel yet for {', '.join(fallbacks)}; "
+                      "these ops run on the NumPy reference", KernelFallbackWarning, stacklevel=3)
+    return Backend(name, runtime.xp, ops, fallbacks)

@@ -1,0 +1,868 @@
+// core/executor.h — the host executor: runs CUDA kernels on the CPU, for the `_host` module.
+//
+// A kernel source (csrc/*.cu) is compiled by the host C++ compiler with this header standing in
+// for the CUDA runtime. The execution model is the GPU's, kept faithfully enough that a kernel
+// which is wrong on the GPU is wrong here too, and says so instead of hanging:
+//
+//   - every thread of a block is a fiber: a small stack of its own, switched cooperatively on
+//     one OS thread. A fiber runs until it reaches a barrier, a warp operation or its end; then
+//     the next runnable fiber of the block runs. Because the whole block lives on one OS thread,
+//     `__shared__` is a block-scope `thread_local` (one copy per worker = per block in flight)
+//     and `__syncthreads()` is a real barrier;
+//   - warps are lanes 32w..32w+31 of the linear thread index (x fastest, as on the GPU). A warp
+//     operation (`__shfl_*_sync`, `__ballot_sync`, `__any_sync`, `__all_sync`, `__syncwarp`) is
+//     a rendezvous of exactly the lanes in its mask: the last lane to arrive computes every
+//     participant's result; lanes outside the mask never take part;
+//   - blocks are spread over a small pool of OS threads (the caller plus N-1 workers, N = the
+//     cores, at most 8; SCRATCH_HOST_THREADS overrides), each block run start to end by one;
+//   - misuse raises instead of hanging: a `__syncthreads` not reached by every thread of the
+//     block (or reached at different places), a warp operation whose mask names a lane that
+//     exits or never arrives, masks that disagree, a misaligned vector load. The error names
+//     the kernel, the block and the thread; the launch raises scratch::Error (RuntimeError).
+//
+// Fibers switch with a few instructions (x86-64; other CPUs use ucontext), their stacks are
+// mapped once per worker with a guard page and reused by every block, so a launch allocates
+// nothing per thread. Under AddressSanitizer every switch is announced to ASan so that it
+// follows the fiber stacks.
+#pragma once
+
+#if defined(__CUDACC__)
+#error "core/executor.h is the host build's stand-in for the CUDA runtime; nvcc uses the real one"
+#endif
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "errors.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SCRATCH_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SCRATCH_ASAN 1
+#endif
+#endif
+#if defined(SCRATCH_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#define SCRATCH_HOST_EXECUTOR 1
+#define SCRATCH_STRINGIFY_(x) #x
+#define SCRATCH_STRINGIFY(x) SCRATCH_STRINGIFY_(x)
+
+// ---------------------------------------------------------------- the CUDA vocabulary, on the host
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// A block-scope thread_local is static storage, one instance per OS thread: exactly one block's
+// shared memory, since a worker runs one block at a time and all of its threads.
+#define __shared__ thread_local
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 { unsigned x, y, z; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) int2 { int x, y; };
+struct alignas(16) int4 { int x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+
+// Streams are accepted and ignored: the host runs each launch to completion, in order.
+typedef struct scratch_host_stream* cudaStream_t;
+constexpr int warpSize = 32;
+
+namespace scratch::host {
+
+// ------------------------------------------------------------------------------ context switch
+#if defined(__x86_64__)
+// scratch_fiber_switch(save, load): push the callee-saved registers, store the stack pointer in
+// *save, load `load` as the stack pointer, pop, return into the other context. A naked inline
+// function: one copy per module however many translation units include this header (LTO too).
+extern "C" __attribute__((naked, noinline)) inline void scratch_fiber_switch(void** save_sp, void* load_sp) {
+    asm volatile(
+        "pushq %rbp\n\t"
+        "pushq %rbx\n\t"
+        "pushq %r12\n\t"
+        "pushq %r13\n\t"
+        "pushq %r14\n\t"
+        "pushq %r15\n\t"
+        "movq %rsp, (%rdi)\n\t"
+        "movq %rsi, %rsp\n\t"
+        "popq %r15\n\t"
+        "popq %r14\n\t"
+        "popq %r13\n\t"
+        "popq %r12\n\t"
+        "popq %rbx\n\t"
+        "popq %rbp\n\t"
+        "ret\n\t");
+}
+
+struct Context {
+    void* sp = nullptr;
+};
+inline void context_switch(Context& from, Context& to) { scratch_fiber_switch(&from.sp, to.sp); }
+// A fresh context whose first switch-in "returns" into entry(), with the stack aligned as if
+// entry had been called.
+inline void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    auto* top = reinterpret_cast<uintptr_t*>((reinterpret_cast<uintptr_t>(stack + bytes)) & ~uintptr_t(15));
+    *--top = 0;                                     // entry's (never used) return address
+    *--top = reinterpret_cast<uintptr_t>(entry);    // popped by `ret`
+    for (int i = 0; i < 6; ++i) *--top = 0;         // rbp rbx r12 r13 r14 r15
+    c.sp = top;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
+// ------------------------------------------------------------------------------------- state
+enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Done };
+enum class WarpOp : uint8_t { ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp };
+
+inline const char* warp_op_name(WarpOp op) {
+    switch (op) {
+        case WarpOp::ShflIdx: return "__shfl_sync";
+        case WarpOp::ShflUp: return "__shfl_up_sync";
+        case WarpOp::ShflDown: return "__shfl_down_sync";
+        case WarpOp::ShflXor: return "__shfl_xor_sync";
+        case WarpOp::Ballot: return "__ballot_sync";
+        case WarpOp::Any: return "__any_sync";
+        case WarpOp::All: return "__all_sync";
+        case WarpOp::SyncWarp: return "__syncwarp";
+    }
+    return "?";
+}
+
+struct Fiber {
+    Context ctx;
+    char* stack = nullptr;          // usable stack (above the guard page)
+    size_t stack_bytes = 0;
+    uint3 thread_idx{};
+    State state = State::Runnable;
+    // the warp operation this lane waits at
+    WarpOp op = WarpOp::SyncWarp;
+    unsigned mask = 0;
+    int param = 0;
+    int width = 32;
+    uint64_t value = 0;
+    uint64_t result = 0;
+    void* asan_fake_stack = nullptr;
+};
+
+// One launch, as every worker sees it.
+struct Launch {
+    const char* kernel = "";
+    dim3 grid, block;
+    size_t dynamic_smem = 0;
+    int threads = 0;                // per block
+    void (*entry)(const void* args) = nullptr;
+    const void* args = nullptr;
+};
+
+inline size_t env_size(const char* name, size_t fallback) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    long long n = std::atoll(v);
+    return n > 0 ? static_cast<size_t>(n) : fallback;
+}
+
+inline size_t fiber_stack_bytes() {
+#if defined(SCRATCH_ASAN)
+    size_t kb = 256;   // ASan's redzones make frames larger
+#else
+    size_t kb = 64;
+#endif
+    static const size_t bytes = env_size("SCRATCH_HOST_STACK_KB", kb) * 1024;
+    return bytes;
+}
+
+class Worker;
+// The fiber and the worker running on this OS thread. Inline functions with static locals are
+// one object across all translation units of the module.
+inline Fiber*& current_fiber() {
+    static thread_local Fiber* fiber = nullptr;
+    return fiber;
+}
+inline Worker*& current_worker() {
+    static thread_local Worker* worker = nullptr;
+    return worker;
+}
+
+// A worker runs blocks, one at a time, each as `threads` fibers on this OS thread.
+class Worker {
+public:
+    uint3 block_idx{};
+    const Launch* launch = nullptr;
+    bool failed = false;
+    std::string error;
+
+    Worker() = default;
+    Worker(const Worker&) = delete;
+    ~Worker() {
+        for (Fiber& f : fibers_) munmap(f.stack - page_bytes(), f.stack_bytes + page_bytes());
+        std::free(dynamic_smem_);
+    }
+
+    // Per launch: the dynamic shared memory, sized exactly (so ASan sees an overrun).
+    void begin_launch(const Launch& L) {
+        launch = &L;
+        failed = false;
+        error.clear();
+        if (L.dynamic_smem != dynamic_smem_bytes_) {
+            std::free(dynamic_smem_);
+            dynamic_smem_ = L.dynamic_smem ? std::aligned_alloc(128, round_up(L.dynamic_smem, 128)) : nullptr;
+            dynamic_smem_bytes_ = L.dynamic_smem;
+        }
+    }
+    void* dynamic_smem() const { return dynamic_smem_; }
+
+    // Run one block to completion (or to its first error, left in `error`).
+    void run_block(uint3 bidx) {
+        const Launch& L = *launch;
+        const int n = L.threads;
+        grow(n);
+        warps_.assign((n + 31) / 32, WarpState{});
+        block_idx = bidx;
+        n_ = n;
+        live_ = n;
+        runnable_ = n;
+        barrier_arrived_ = 0;
+        barrier_site_ = nullptr;
+#if defined(SCRATCH_ASAN)
+        if (stacks_dirty_) {   // fibers abandoned by an error left poisoned frames behind
+            for (Fiber& f : fibers_) __asan_unpoison_memory_region(f.stack, f.stack_bytes);
+            stacks_dirty_ = false;
+        }
+#endif
+        const unsigned bx = L.block.x, by = L.block.y;
+        for (int i = 0; i < n; ++i) {
+            Fiber& f = fibers_[i];
+            f.state = State::Runnable;
+            f.thread_idx = {i % bx, (i / bx) % by, i / (bx * by)};
+            f.asan_fake_stack = nullptr;
+            context_make(f.ctx, f.stack, f.stack_bytes, &Worker::fiber_main);
+        }
+        current_ = 0;
+        current_fiber() = &fibers_[0];
+        jump(main_, &main_fake_stack_, fibers_[0]);
+        current_fiber() = nullptr;
+    }
+
+    // ---------------------------------------------------------------- called from fibers
+    void syncthreads(const char* site) {
+        Fiber& self = fibers_[current_];
+        if (live_ < n_)
+            fail(str("__syncthreads() at ", site, " reached by thread ", who(self), " after ",
+                     n_ - live_, " thread(s) of the block exited: every thread of the block must "
+                     "reach each barrier"));
+        if (barrier_arrived_ == 0) {
+            barrier_site_ = site;
+        } else if (std::strcmp(site, barrier_site_) != 0) {
+            fail(str("divergent __syncthreads(): thread ", who(self), " reached the barrier at ",
+                     site, " while ", barrier_arrived_, " thread(s) wait at the one at ",
+                     barrier_site_));
+        }
+        if (++barrier_arrived_ == n_) {      // the last to arrive releases the block
+            barrier_arrived_ = 0;
+            for (int i = 0; i < n_; ++i)
+                if (fibers_[i].state == State::AtBarrier) fibers_[i].state = State::Runnable;
+            runnable_ = n_;
+            return;
+        }
+        self.state = State::AtBarrier;
+        --runnable_;
+        schedule();
+    }
+
+    uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int param, int width) {
+        Fiber& self = fibers_[current_];
+        const int lane = current_ & 31, base = current_ - lane;
+        const int lanes = std::min(32, n_ - base);
+        const unsigned existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u;
+        if (!((mask >> lane) & 1u))
+            fail(str(warp_op_name(op), " called by lane ", lane, " of thread ", who(self),
+                     " with mask 0x", hex(mask), ", which does not include the calling lane"));
+        if (mask & ~existing)
+            fail(str(warp_op_name(op), " mask 0x", hex(mask), " names lanes that do not exist: ",
+                     "this warp has ", lanes, " lane(s) (", n_, " threads per block)"));
+        if (width <= 0 || width > 32 || (width & (width - 1)))
+            fail(str(warp_op_name(op), ": width must be a power of two <= 32, got ", width));
+        self.op = op;
+        self.mask = mask;
+        self.value = value;
+        self.param = param;
+        self.width = width;
+        self.state = State::AtWarp;
+        WarpState& warp = warps_[base >> 5];
+        if (mask & warp.exited) {
+            const int l = __builtin_ctz(mask & warp.exited);
+            fail(str(warp_op_name(op), " with mask 0x", hex(mask), " by thread ", who(self),
+                     ": lane ", l, " of the mask already exited"));
+        }
+        warp.arrived |= 1u << lane;
+        if ((warp.arrived & mask) != mask) {   // someone is missing: wait for them
+            --runnable_;
+            schedule();
+            return self.result;
+        }
+        complete_warp_op(base, mask, op);
+        return self.result;
+    }
+
+    unsigned active_mask() const {
+        const int lane = current_ & 31, base = current_ - lane;
+        unsigned m = 0;
+        for (int l = 0; l < 32 && base + l < n_; ++l)
+            if (fibers_[base + l].state != State::Done) m |= 1u << l;
+        return m;
+    }
+
+    [[noreturn]] void fail(std::string message) {
+        error = str("block (", block_idx.x, ",", block_idx.y, ",", block_idx.z, "): ", message);
+        message.clear();
+        failed = true;
+        stacks_dirty_ = true;
+        abandon_to_main();
+    }
+
+private:
+    struct WarpState {
+        unsigned arrived = 0;   // lanes waiting at a warp operation
+        unsigned exited = 0;    // lanes whose thread has returned
+    };
+    std::vector<Fiber> fibers_;
+    std::vector<WarpState> warps_;
+    Context main_;
+    void* main_fake_stack_ = nullptr;
+    int n_ = 0, live_ = 0, runnable_ = 0, current_ = 0, barrier_arrived_ = 0;
+    const char* barrier_site_ = nullptr;
+    bool stacks_dirty_ = false;
+    void* dynamic_smem_ = nullptr;
+    size_t dynamic_smem_bytes_ = 0;
+
+    static size_t page_bytes() { return 4096; }
+    static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+    static std::string hex(unsigned v) {
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "%08x", v);
+        return buf;
+    }
+    static std::string who(const Fiber& f) {
+        return str("(", f.thread_idx.x, ",", f.thread_idx.y, ",", f.thread_idx.z, ")");
+    }
+
+    // Stacks are mapped once, with a guard page below each, and kept for every later block.
+    void grow(int n) {
+        const size_t bytes = fiber_stack_bytes();
+        while ((int)fibers_.size() < n) {
+            void* p = mmap(nullptr, bytes + page_bytes(), PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p == MAP_FAILED) throw Error("host executor: cannot map a fiber stack");
+            mprotect(p, page_bytes(), PROT_NONE);
+            Fiber f;
+            f.stack = static_cast<char*>(p) + page_bytes();
+            f.stack_bytes = bytes;
+            fibers_.push_back(f);
+        }
+    }
+
+    // Switch from the running context to fiber `to`, telling ASan which stack comes next.
+    // fake_stack == nullptr: the context being left is never resumed.
+    static void jump(Context& from, void** fake_stack, Fiber& to) {
+#if defined(SCRATCH_ASAN)
+        __sanitizer_start_switch_fiber(fake_stack, to.stack, to.stack_bytes);
+#endif
+        context_switch(from, to.ctx);
+#if defined(SCRATCH_ASAN)
+        __sanitizer_finish_switch_fiber(fake_stack ? *fake_stack : nullptr, nullptr, nullptr);
+#else
+        (void)fake_stack;
+#endif
+    }
+
+    [[noreturn]] void abandon_to_main() {
+        Fiber& self = fibers_[current_];
+#if defined(SCRATCH_ASAN)
+        const void* bottom = nullptr;
+        size_t size = 0;
+        main_stack(&bottom, &size);
+        __sanitizer_start_switch_fiber(nullptr, bottom, size);
+#endif
+        context_switch(self.ctx, main_);
+        __builtin_unreachable();
+    }
+
+#if defined(SCRATCH_ASAN)
+    static void main_stack(const void** bottom, size_t* size) {
+        pthread_attr_t attr;
+        void* addr = nullptr;
+        pthread_getattr_np(pthread_self(), &attr);
+        pthread_attr_getstack(&attr, &addr, size);
+        pthread_attr_destroy(&attr);
+        *bottom = addr;
+    }
+#endif
+
+    static void fiber_main() {
+#if defined(SCRATCH_ASAN)
+        __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+        Worker& w = *current_worker();
+        w.launch->entry(w.launch->args);
+        w.exit_current();
+    }
+
+    [[noreturn]] void exit_current() {
+        Fiber& self = fibers_[current_];
+        const int lane = current_ & 31, base = current_ - lane;
+        if (barrier_arrived_ > 0)
+            fail(str("thread ", who(self), " exited while ", barrier_arrived_,
+                     " thread(s) wait at __syncthreads() at ", barrier_site_,
+                     ": every thread of the block must reach each barrier"));
+        for (unsigned waiting = warps_[base >> 5].arrived; waiting; waiting &= waiting - 1) {
+            const int l = __builtin_ctz(waiting);
+            const Fiber& f = fibers_[base + l];
+            if ((f.mask >> lane) & 1u)
+                fail(str("lane ", lane, " (thread ", who(self), ") exited, but lane ", l,
+                         " waits for it at ", warp_op_name(f.op), " with mask 0x", hex(f.mask)));
+        }
+        self.state = State::Done;
+        warps_[base >> 5].exited |= 1u << lane;
+        --live_;
+        --runnable_;
+        if (live_ == 0) abandon_to_main();   // the block is done
+        schedule();
+        __builtin_unreachable();
+    }
+
+    // The running fiber cannot continue: run the next runnable one, in round-robin order.
+    void schedule() {
+        if (runnable_ == 0) fail(describe_deadlock());
+        int next = current_;
+        do {
+            next = next + 1 == n_ ? 0 : next + 1;
+        } while (fibers_[next].state != State::Runnable);
+        Fiber& self = fibers_[current_];
+        current_ = next;
+        current_fiber() = &fibers_[next];
+        if (&fibers_[next] == &self) return;
+        jump(self.ctx, self.state == State::Done ? nullptr : &self.asan_fake_stack, fibers_[next]);
+    }
+
+    void complete_warp_op(int base, unsigned mask, WarpOp op) {
+        for (int l = 0; l < 32; ++l) {   // every participant must be at the same operation
+            if (!((mask >> l) & 1u)) continue;
+            const Fiber& f = fibers_[base + l];
+            if (f.mask != mask || f.op != op)
+                fail(str("warp operations disagree: lane ", current_ & 31, " calls ",
+                         warp_op_name(op), " with mask 0x", hex(mask), " while lane ", l,
+                         " waits at ", warp_op_name(f.op), " with mask 0x", hex(f.mask)));
+        }
+        warps_[base >> 5].arrived &= ~mask;
+        unsigned votes = 0;
+        for (int l = 0; l < 32; ++l)
+            if (((mask >> l) & 1u) && fibers_[base + l].value != 0) votes |= 1u << l;
+        for (int l = 0; l < 32; ++l) {
+            if (!((mask >> l) & 1u)) continue;
+            Fiber& f = fibers_[base + l];
+            const int w = f.width, segment = l & ~(w - 1);
+            int src = l;
+            switch (op) {
+                case WarpOp::ShflIdx: src = segment + (f.param & (w - 1)); break;
+                case WarpOp::ShflUp: src = l - f.param < segment ? l : l - f.param; break;
+                case WarpOp::ShflDown: src = l + f.param >= segment + w ? l : l + f.param; break;
+                case WarpOp::ShflXor: src = (l ^ f.param) >= segment + w ? l : (l ^ f.param); break;
+                default: break;
+            }
+            switch (op) {
+                case WarpOp::Ballot: f.result = votes; break;
+                case WarpOp::Any: f.result = votes != 0; break;
+                case WarpOp::All: f.result = votes == mask; break;
+                case WarpOp::SyncWarp: f.result = 0; break;
+                default:
+                    if (!((mask >> src) & 1u))
+                        fail(str(warp_op_name(op), ": lane ", l, " reads lane ", src,
+                                 ", which is not in the mask 0x", hex(mask)));
+                    f.result = fibers_[base + src].value;
+            }
+            if (f.state == State::AtWarp && base + l != current_) ++runnable_;
+            f.state = State::Runnable;
+        }
+    }
+
+    std::string describe_deadlock() const {
+        int at_barrier = 0;
+        std::string warps;
+        for (int i = 0; i < n_; ++i) {
+            const Fiber& f = fibers_[i];
+            if (f.state == State::AtBarrier) ++at_barrier;
+            if (f.state == State::AtWarp && warps.empty()) {
+                const int base = i & ~31;
+                unsigned missing = 0;
+                for (int l = 0; l < 32; ++l)
+                    if (((f.mask >> l) & 1u) && fibers_[base + l].state != State::AtWarp)
+                        missing |= 1u << l;
+                warps = str("; warp ", i / 32, " waits at ", warp_op_name(f.op), " with mask 0x",
+                            hex(f.mask), " for lanes 0x", hex(missing), " that never arrive");
+            }
+        }
+        return str("no thread can proceed (", live_, " of ", n_, " threads still running; ",
+                   at_barrier, " wait at __syncthreads()",
+                   at_barrier ? str(" at ", barrier_site_) : std::string(), warps, ")");
+    }
+};
+
+// ------------------------------------------------------------------------------- thread pool
+// Blocks are handed out by an atomic counter to the caller and the pool's threads.
+class Pool {
+public:
+    static Pool& instance() {
+        static Pool pool;
+        return pool;
+    }
+    int threads() const { return (int)threads_.size() + 1; }
+
+    void run(const Launch& L) {
+        std::lock_guard<std::mutex> serial(launch_mutex_);
+        const int64_t blocks = int64_t(L.grid.x) * L.grid.y * L.grid.z;
+        if (blocks == 0) return;
+        job_ = &L;
+        blocks_ = blocks;
+        next_block_.store(0);
+        failed_.store(false);
+        error_.clear();
+        const int helpers = (int)std::min<int64_t>(threads_.size(), blocks - 1);
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            active_ = helpers;
+            helpers_wanted_ = helpers;
+            helpers_taken_ = 0;
+            ++generation_;
+        }
+        if (helpers) cv_start_.notify_all();
+        work();
+        {
+            std::unique_lock<std::mutex> lock(m_);
+            cv_done_.wait(lock, [&] { return active_ == 0; });
+        }
+        job_ = nullptr;
+        if (failed_.load()) throw Error(str("kernel ", L.kernel, ": ", error_));
+    }
+
+private:
+    std::vector<std::thread> threads_;
+    std::mutex m_, launch_mutex_, error_mutex_;
+    std::condition_variable cv_start_, cv_done_;
+    uint64_t generation_ = 0;
+    int active_ = 0, helpers_wanted_ = 0, helpers_taken_ = 0;
+    bool stop_ = false;
+    const Launch* job_ = nullptr;
+    int64_t blocks_ = 0;
+    std::atomic<int64_t> next_block_{0};
+    std::atomic<bool> failed_{false};
+    std::string error_;
+
+    Pool() {
+        const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+        const size_t n = env_size("SCRATCH_HOST_THREADS", std::min(cores, 8u));
+        for (size_t i = 1; i < n; ++i) threads_.emplace_back([this] { loop(); });
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            stop_ = true;
+        }
+        cv_start_.notify_all();
+        for (std::thread& t : threads_) t.join();
+    }
+
+    static Worker& this_worker() {
+        static thread_local Worker worker;
+        current_worker() = &worker;
+        return worker;
+    }
+
+    void work() {
+        Worker& w = this_worker();
+        const Launch& L = *job_;
+        w.begin_launch(L);
+        for (;;) {
+            if (failed_.load(std::memory_order_relaxed)) break;
+            const int64_t b = next_block_.fetch_add(1);
+            if (b >= blocks_) break;
+            const unsigned gx = L.grid.x, gy = L.grid.y;
+            w.run_block({unsigned(b % gx), unsigned((b / gx) % gy), unsigned(b / (int64_t(gx) * gy))});
+            if (w.failed) {
+                std::lock_guard<std::mutex> lock(error_mutex_);
+                if (!failed_.load()) error_ = w.error;
+                failed_.store(true);
+                break;
+            }
+        }
+        w.launch = nullptr;
+    }
+
+    void loop() {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(m_);
+                cv_start_.wait(lock, [&] {
+                    return stop_ || (generation_ != seen && helpers_taken_ < helpers_wanted_);
+                });
+                if (stop_) return;
+                seen = generation_;
+                ++helpers_taken_;
+            }
+            work();
+            {
+                std::lock_guard<std::mutex> lock(m_);
+                if (--active_ == 0) cv_done_.notify_all();
+            }
+        }
+    }
+};
+
+template <typename Kernel, typename Args>
+struct Closure {
+    Kernel kernel;
+    Args args;
+    static void invoke(const void* self) {
+        const Closure& c = *static_cast<const Closure*>(self);
+        std::apply(c.kernel, c.args);   // each thread gets its own copy of the arguments
+    }
+};
+
+// Run kernel(args...) over the grid; returns when every block is done, raises scratch::Error.
+template <typename... KArgs, typename... Args>
+inline void run(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                Args&&... args) {
+    using C = Closure<void (*)(KArgs...), std::tuple<KArgs...>>;
+    C closure{kernel, std::tuple<KArgs...>(std::forward<Args>(args)...)};
+    Launch L;
+    L.kernel = name;
+    L.grid = grid;
+    L.block = block;
+    L.dynamic_smem = smem;
+    L.threads = int(block.x * block.y * block.z);
+    L.entry = &C::invoke;
+    L.args = &closure;
+    Pool::instance().run(L);
+}
+
+inline Worker& worker() { return *current_worker(); }
+
+template <typename T>
+inline uint64_t to_bits(T v) {
+    static_assert(sizeof(T) <= 8, "warp operations exchange values of at most 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    return bits;
+}
+template <typename T>
+inline T from_bits(uint64_t bits) {
+    T v;
+    std::memcpy(&v, &bits, sizeof(T));
+    return v;
+}
+
+template <typename T>
+inline T* dynamic_shared() { return static_cast<T*>(worker().dynamic_smem()); }
+
+// Raise from inside a kernel: the launch fails with this message (kernel, block, thread named).
+[[noreturn]] inline void device_fail(const std::string& message) {
+    const uint3 t = current_fiber()->thread_idx;
+    worker().fail(str("thread (", t.x, ",", t.y, ",", t.z, "): ", message));
+}
+
+}  // namespace scratch::host
+
+// ------------------------------------------------------------------ built-in variables, barriers
+#define threadIdx (::scratch::host::current_fiber()->thread_idx)
+#define blockIdx (::scratch::host::current_worker()->block_idx)
+#define blockDim (::scratch::host::current_worker()->launch->block)
+#define gridDim (::scratch::host::current_worker()->launch->grid)
+#define __syncthreads() ::scratch::host::worker().syncthreads(__FILE__ ":" SCRATCH_STRINGIFY(__LINE__))
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    ::scratch::host::worker().warp_op(::scratch::host::WarpOp::SyncWarp, mask, 0, 0, 32);
+}
+template <typename T>
+inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+    using namespace ::scratch::host;
+    return from_bits<T>(worker().warp_op(WarpOp::ShflIdx, mask, to_bits(var), src_lane, width));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    using namespace ::scratch::host;
+    return from_bits<T>(worker().warp_op(WarpOp::ShflUp, mask, to_bits(var), int(delta), width));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    using namespace ::scratch::host;
+    return from_bits<T>(worker().warp_op(WarpOp::ShflDown, mask, to_bits(var), int(delta), width));
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
+    using namespace ::scratch::host;
+    return from_bits<T>(worker().warp_op(WarpOp::ShflXor, mask, to_bits(var), lane_mask, width));
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    using namespace ::scratch::host;
+    return unsigned(worker().warp_op(WarpOp::Ballot, mask, predicate != 0, 0, 32));
+}
+inline int __any_sync(unsigned mask, int predicate) {
+    using namespace ::scratch::host;
+    return int(worker().warp_op(WarpOp::Any, mask, predicate != 0, 0, 32));
+}
+inline int __all_sync(unsigned mask, int predicate) {
+    using namespace ::scratch::host;
+    return int(worker().warp_op(WarpOp::All, mask, predicate != 0, 0, 32));
+}
+inline unsigned __activemask() { return ::scratch::host::worker().active_mask(); }
+[[noreturn]] inline void __trap() { ::scratch::host::device_fail("__trap() called"); }
+
+// ------------------------------------------------------------------------------------ atomics
+// Blocks run concurrently on the pool's threads, so these are real atomic operations.
+template <typename T>
+inline T scratch_atomic_cas_update(T* address, T (*update)(T, T), T operand) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomic on 4 or 8 bytes");
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    Bits* bits = reinterpret_cast<Bits*>(address);
+    Bits old_bits = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+        T old_value;
+        std::memcpy(&old_value, &old_bits, sizeof(T));
+        const T new_value = update(old_value, operand);
+        Bits new_bits;
+        std::memcpy(&new_bits, &new_value, sizeof(T));
+        if (__atomic_compare_exchange_n(bits, &old_bits, new_bits, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            return old_value;
+    }
+}
+inline float atomicAdd(float* a, float v) {
+    return scratch_atomic_cas_update<float>(a, [](float x, float y) { return x + y; }, v);
+}
+inline double atomicAdd(double* a, double v) {
+    return scratch_atomic_cas_update<double>(a, [](double x, double y) { return x + y; }, v);
+}
+inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);
+}
+inline int atomicSub(int* a, int v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicSub(unsigned* a, unsigned v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }
+inline int atomicMax(int* a, int v) {
+    return scratch_atomic_cas_update<int>(a, [](int x, int y) { return x > y ? x : y; }, v);
+}
+inline unsigned atomicMax(unsigned* a, unsigned v) {
+    return scratch_atomic_cas_update<unsigned>(a, [](unsigned x, unsigned y) { return x > y ? x : y; }, v);
+}
+inline int atomicMin(int* a, int v) {
+    return scratch_atomic_cas_update<int>(a, [](int x, int y) { return x < y ? x : y; }, v);
+}
+inline unsigned atomicMin(unsigned* a, unsigned v) {
+    return scratch_atomic_cas_update<unsigned>(a, [](unsigned x, unsigned y) { return x < y ? x : y; }, v);
+}
+template <typename T>
+inline T scratch_atomic_cas(T* a, T compare, T value) {
+    __atomic_compare_exchange_n(a, &compare, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return compare;   // the old value, whether or not the swap happened
+}
+inline int atomicCAS(int* a, int c, int v) { return scratch_atomic_cas(a, c, v); }
+inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return scratch_atomic_cas(a, c, v); }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) {
+    return scratch_atomic_cas(a, c, v);
+}
+inline int atomicExch(int* a, int v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicExch(unsigned* a, unsigned v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }
+inline float atomicExch(float* a, float v) {
+    return scratch_atomic_cas_update<float>(a, [](float, float y) { return y; }, v);
+}
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// ------------------------------------------------------------------------ math and bit intrinsics
+// The fast-math intrinsics compute the exact function here; the GPU's approximations differ by a
+// few ulp, which the kernel tests' tolerances cover.
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __tanf(float x) { return tanf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline int __float2int_rn(float x) { return int(nearbyintf(x)); }
+inline int __float_as_int(float x) { return ::scratch::host::from_bits<int>(::scratch::host::to_bits(x)); }
+inline unsigned __float_as_uint(float x) { return ::scratch::host::from_bits<unsigned>(::scratch::host::to_bits(x)); }
+inline float __int_as_float(int x) { return ::scratch::host::from_bits<float>(::scratch::host::to_bits(x)); }
+inline float __uint_as_float(unsigned x) { return ::scratch::host::from_bits<float>(::scratch::host::to_bits(x)); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x ? __builtin_clz(unsigned(x)) : 32; }
+inline unsigned __brev(unsigned x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+    x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
+    return (x >> 16) | (x << 16);
+}
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+// CUDA's min/max overloads for device code.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }

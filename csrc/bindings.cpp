@@ -1,0 +1,290 @@
+// csrc/bindings.cpp — the Python face of the launchers (pybind11), compiled by the host C++
+// compiler only, twice: into `_host` (the kernels run by the host executor) and, with
+// SCRATCH_BUILD_CUDA, into `_cuda` (the same launchers compiled by nvcc). nvcc never sees
+// pybind11.
+//
+// Arrays arrive as any Python object exposing `__array_interface__` (host: NumPy, or anything
+// NumPy can view) or `__cuda_array_interface__` (cuda: CuPy, PyTorch, Numba). Each is described
+// to C++ as a scratch::Tensor named after its argument; the launcher checks it. The GIL is
+// released while kernels run. scratch::TypeError / ValueError / Error become Python TypeError /
+// ValueError / RuntimeError.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.h"
+#include "csrc/launchers.h"
+
+#if defined(SCRATCH_BUILD_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+using scratch::DType;
+using scratch::Tensor;
+namespace k = scratch::kernels;
+
+namespace {
+
+#if defined(SCRATCH_BUILD_CUDA)
+constexpr bool kDeviceMemory = true;
+constexpr const char* kInterface = "__cuda_array_interface__";
+constexpr const char* kOtherInterface = "__array_interface__";
+constexpr const char* kBackend = "cuda";
+#else
+constexpr bool kDeviceMemory = false;
+constexpr const char* kInterface = "__array_interface__";
+constexpr const char* kOtherInterface = "__cuda_array_interface__";
+constexpr const char* kBackend = "host";
+#endif
+
+DType parse_typestr(const std::string& typestr, const char* name) {
+    using scratch::str;
+    if (typestr.size() < 3 || typestr[0] == '>')
+        throw scratch::TypeError(str(name, ": unsupported dtype (typestr '", typestr, "')"));
+    const std::string code = typestr.substr(1);
+    if (code == "f4") return DType::F32;
+    if (code == "f8") return DType::F64;
+    if (code == "f2") return DType::F16;
+    if (code == "i4") return DType::I32;
+    if (code == "i8") return DType::I64;
+    if (code == "u1") return DType::U8;
+    if (code == "b1") return DType::Bool;
+    throw scratch::TypeError(str(name, ": unsupported dtype (typestr '", typestr, "')"));
+}
+
+// Describe a Python array as a Tensor; `name` is the argument's name (a string literal).
+Tensor as_tensor(py::handle obj, const char* name) {
+    using scratch::str;
+    const std::string type = py::str(py::type::handle_of(obj).attr("__name__"));
+    if (!py::hasattr(obj, kInterface)) {
+        if (py::hasattr(obj, kOtherInterface))
+            throw scratch::TypeError(str(name, ": the ", kBackend, " backend takes ",
+                                         kDeviceMemory ? "device arrays (CuPy, PyTorch CUDA)"
+                                                       : "host arrays (NumPy)",
+                                         ", got a ", kDeviceMemory ? "host" : "device", " array (",
+                                         type, ")"));
+        throw scratch::TypeError(str(name, ": expected an array exposing ", kInterface, ", got ", type));
+    }
+    py::dict ai = obj.attr(kInterface);
+    Tensor t;
+    t.name = name;
+    t.on_device = kDeviceMemory;
+    py::tuple data = ai["data"];
+    t.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+    t.readonly = data[1].cast<bool>();
+    t.dtype = parse_typestr(ai["typestr"].cast<std::string>(), name);
+    py::tuple shape = ai["shape"];
+    if (shape.size() > size_t(Tensor::kMaxDims))
+        throw scratch::ValueError(str(name, ": at most ", Tensor::kMaxDims, " dimensions, got ", shape.size()));
+    t.ndim = int(shape.size());
+    for (int i = 0; i < t.ndim; ++i) t.shape[i] = shape[i].cast<int64_t>();
+    const int64_t item = int64_t(scratch::dtype_size(t.dtype));
+    if (ai.contains("strides") && !ai["strides"].is_none()) {
+        py::tuple strides = ai["strides"];
+        for (int i = 0; i < t.ndim; ++i) {
+            const int64_t bytes = strides[i].cast<int64_t>();
+            if (bytes % item)
+                throw scratch::ValueError(str(name, ": strides are not a multiple of the item size"));
+            t.strides[i] = bytes / item;
+        }
+    } else {
+        int64_t s = 1;
+        for (int i = t.ndim - 1; i >= 0; --i) t.strides[i] = s, s *= t.shape[i];
+    }
+    if (ai.contains("mask") && !ai["mask"].is_none())
+        throw scratch::ValueError(str(name, ": masked arrays are not supported"));
+#if defined(SCRATCH_BUILD_CUDA)
+    if (t.data && t.numel() > 0) {   // the memory must be on the current device
+        cudaPointerAttributes attr{};
+        if (cudaPointerGetAttributes(&attr, t.data) != cudaSuccess) {
+            cudaGetLastError();
+            throw scratch::TypeError(str(name, ": not a CUDA device pointer"));
+        }
+        int device = -1;
+        cudaGetDevice(&device);
+        if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+            throw scratch::TypeError(str(name, ": not in device memory"));
+        if (attr.device != device)
+            throw scratch::ValueError(str(name, ": lives on device ", attr.device,
+                                          " but the current device is ", device));
+    }
+#endif
+    return t;
+}
+
+k::Stream as_stream(uintptr_t stream) { return reinterpret_cast<k::Stream>(stream); }
+
+py::dict build_info() {
+    py::dict d;
+    d["built"] = true;
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+#if defined(SCRATCH_ASAN_BUILD)
+    d["asan"] = true;
+#endif
+#if defined(SCRATCH_BUILD_CUDA)
+    d["cuda_compiler"] = SCRATCH_CUDA_COMPILER_VERSION;
+    d["cuda_archs"] = SCRATCH_CUDA_ARCHS;
+    d["cuda_runtime"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) == cudaSuccess && driver > 0)
+        d["cuda_driver"] = std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10);
+    else
+        d["cuda_driver"] = py::none();
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        d["available"] = false;
+        d["reason"] = status != cudaSuccess
+                          ? std::string("no device: ") + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")"
+                          : std::string("no device: no CUDA GPU found");
+        d["device"] = py::none();
+    } else {
+        int device = 0;
+        cudaGetDevice(&device);
+        cudaDeviceProp prop{};
+        cudaGetDeviceProperties(&prop, device);
+        d["available"] = true;
+        d["reason"] = py::none();
+        d["device"] = py::dict("index"_a = device, "name"_a = std::string(prop.name),
+                               "memory_bytes"_a = size_t(prop.totalGlobalMem),
+                               "compute_capability"_a = std::to_string(prop.major) + "." + std::to_string(prop.minor),
+                               "multiprocessors"_a = prop.multiProcessorCount, "count"_a = count);
+    }
+#else
+    d["available"] = true;
+    d["reason"] = py::none();
+    d["threads"] = k::host_executor_threads();
+#endif
+    return d;
+}
+
+}  // namespace
+
+#if defined(SCRATCH_BUILD_CUDA)
+PYBIND11_MODULE(_cuda, m) {
+#else
+PYBIND11_MODULE(_host, m) {
+#endif
+    m.doc() = "scratchgpt kernels (launchers bound from csrc/*.cu); see python/scratchgpt/kernels";
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const scratch::TypeError& e) {
+            PyErr_SetString(PyExc_TypeError, e.what());
+        } catch (const scratch::ValueError& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        } catch (const scratch::Error& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        }
+    });
+    m.attr("BACKEND") = kBackend;
+    m.def("info", &build_info, "What this module was built with, and the device it sees.");
+
+    // ------------------------------------------------------------------------ layernorm.cu
+    m.def("layernorm_forward",
+          [](py::object out, py::object mean, py::object rstd, py::object x, py::object weight,
+             py::object bias, float eps, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_mean = as_tensor(mean, "mean"),
+                     t_rstd = as_tensor(rstd, "rstd"), t_x = as_tensor(x, "x"),
+                     t_w = as_tensor(weight, "weight"), t_b = as_tensor(bias, "bias");
+              py::gil_scoped_release nogil;
+              k::layernorm_forward(t_out, t_mean, t_rstd, t_x, t_w, t_b, eps, as_stream(stream));
+          },
+          "out"_a, "mean"_a, "rstd"_a, "x"_a, "weight"_a, "bias"_a, "eps"_a, "stream"_a = 0);
+    m.def("layernorm_backward_workspace", &k::layernorm_backward_workspace, "rows"_a, "C"_a);
+    m.def("layernorm_backward",
+          [](py::object dx, py::object dweight, py::object dbias, py::object workspace,
+             py::object dout, py::object x, py::object weight, py::object mean, py::object rstd,
+             uintptr_t stream) {
+              Tensor t_dx = as_tensor(dx, "dx"), t_dw = as_tensor(dweight, "dweight"),
+                     t_db = as_tensor(dbias, "dbias"), t_ws = as_tensor(workspace, "workspace"),
+                     t_dout = as_tensor(dout, "dout"), t_x = as_tensor(x, "x"),
+                     t_w = as_tensor(weight, "weight"), t_mean = as_tensor(mean, "mean"),
+                     t_rstd = as_tensor(rstd, "rstd");
+              py::gil_scoped_release nogil;
+              k::layernorm_backward(t_dx, t_dw, t_db, t_ws, t_dout, t_x, t_w, t_mean, t_rstd,
+                                    as_stream(stream));
+          },
+          "dx"_a, "dweight"_a, "dbias"_a, "workspace"_a, "dout"_a, "x"_a, "weight"_a, "mean"_a,
+          "rstd"_a, "stream"_a = 0);
+
+    // -------------------------------------------------------------------- executor_tests.cu
+    m.def("exec_test_shuffles",
+          [](py::object out, py::object in, int block, int width, int delta, int src_lane, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_shuffles(t_out, t_in, block, width, delta, src_lane, as_stream(stream));
+          },
+          "out"_a, "in"_a, "block"_a, "width"_a, "delta"_a, "src_lane"_a, "stream"_a = 0);
+    m.def("exec_test_votes",
+          [](py::object out, py::object predicate, int block, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_p = as_tensor(predicate, "predicate");
+              py::gil_scoped_release nogil;
+              k::exec_test_votes(t_out, t_p, block, as_stream(stream));
+          },
+          "out"_a, "predicate"_a, "block"_a, "stream"_a = 0);
+    m.def("exec_test_partial_masks",
+          [](py::object out, py::object in, int block, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_partial_masks(t_out, t_in, block, as_stream(stream));
+          },
+          "out"_a, "in"_a, "block"_a, "stream"_a = 0);
+    m.def("exec_test_block_sum",
+          [](py::object out, py::object in, int bx, int by, int bz, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_block_sum(t_out, t_in, bx, by, bz, as_stream(stream));
+          },
+          "out"_a, "in"_a, "bx"_a, "by"_a, "bz"_a, "stream"_a = 0);
+    m.def("exec_test_transpose",
+          [](py::object out, py::object in, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_transpose(t_out, t_in, as_stream(stream));
+          },
+          "out"_a, "in"_a, "stream"_a = 0);
+    m.def("exec_test_atomics",
+          [](py::object sum, py::object max, py::object count, py::object histogram,
+             py::object values, py::object ints, uintptr_t stream) {
+              Tensor t_sum = as_tensor(sum, "sum"), t_max = as_tensor(max, "max"),
+                     t_count = as_tensor(count, "count"), t_hist = as_tensor(histogram, "histogram"),
+                     t_values = as_tensor(values, "values"), t_ints = as_tensor(ints, "ints");
+              py::gil_scoped_release nogil;
+              k::exec_test_atomics(t_sum, t_max, t_count, t_hist, t_values, t_ints, as_stream(stream));
+          },
+          "sum"_a, "max"_a, "count"_a, "histogram"_a, "values"_a, "ints"_a, "stream"_a = 0);
+    m.def("exec_test_grid3d",
+          [](py::object out, int gx, int gy, int gz, int bx, int by, int bz, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out");
+              py::gil_scoped_release nogil;
+              k::exec_test_grid3d(t_out, gx, gy, gz, bx, by, bz, as_stream(stream));
+          },
+          "out"_a, "gx"_a, "gy"_a, "gz"_a, "bx"_a, "by"_a, "bz"_a, "stream"_a = 0);
+    m.def("exec_test_dynamic_smem",
+          [](py::object out, py::object in, int block, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_dynamic_smem(t_out, t_in, block, as_stream(stream));
+          },
+          "out"_a, "in"_a, "block"_a, "stream"_a = 0);
+#if !defined(SCRATCH_BUILD_CUDA)
+    py::list cases;
+    for (const char* const* c = k::kExecMisuseCases; *c; ++c) cases.append(*c);
+    m.attr("EXEC_MISUSE_CASES") = py::tuple(cases);
+    m.def("exec_test_misuse",
+          [](const std::string& which) {
+              py::gil_scoped_release nogil;
+              k::exec_test_misuse(which.c_str());
+          },
+          "which"_a);
+#endif
+}

@@ -1,0 +1,48 @@
+// csrc/launchers.h — the plain C++ launchers each .cu exports, called by bindings.cpp.
+//
+// A launcher takes Tensor views (core/tensor.h) and scalars, checks every argument (raising
+// scratch::ValueError / TypeError naming it), and launches through scratch::launch. The same
+// declarations serve both modules: nvcc compiles the .cu files for `_cuda`, the host compiler
+// (with the host executor) for `_host`. `stream` is a cudaStream_t (ignored by the host).
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace scratch::kernels {
+
+using Stream = void*;
+
+// ---------------------------------------------------------------------------- layernorm.cu
+// x [..., C] -> out [..., C], mean and rstd (one per row, saved for the backward).
+void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& x,
+                       const Tensor& weight, const Tensor& bias, float eps, Stream stream);
+// Floats of scratch space layernorm_backward needs for N rows of C (per-block partial sums).
+int64_t layernorm_backward_workspace(int64_t rows, int64_t C);
+void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias,
+                        const Tensor& workspace, const Tensor& dout, const Tensor& x,
+                        const Tensor& weight, const Tensor& mean, const Tensor& rstd, Stream stream);
+
+// ----------------------------------------------------------------------- executor_tests.cu
+// Small kernels that exercise one feature of the execution model each (tests/test_executor.py).
+void exec_test_shuffles(const Tensor& out, const Tensor& in, int block, int width, int delta,
+                        int src_lane, Stream stream);
+void exec_test_votes(const Tensor& out, const Tensor& predicate, int block, Stream stream);
+void exec_test_partial_masks(const Tensor& out, const Tensor& in, int block, Stream stream);
+void exec_test_block_sum(const Tensor& out, const Tensor& in, int bx, int by, int bz, Stream stream);
+void exec_test_transpose(const Tensor& out, const Tensor& in, Stream stream);
+void exec_test_atomics(const Tensor& sum, const Tensor& max, const Tensor& count,
+                       const Tensor& histogram, const Tensor& values, const Tensor& ints,
+                       Stream stream);
+void exec_test_grid3d(const Tensor& out, int gx, int gy, int gz, int bx, int by, int bz,
+                      Stream stream);
+void exec_test_dynamic_smem(const Tensor& out, const Tensor& in, int block, Stream stream);
+// Host only: kernels that misuse barriers or warp operations; each must raise (never hang).
+// On a GPU most of these would hang or be undefined, so `_cuda` does not export them.
+void exec_test_misuse(const char* which);
+// Host executor: OS threads that run blocks (0 in the CUDA build).
+int host_executor_threads();
+extern const char* const kExecMisuseCases[];
+
+}  // namespace scratch::kernels

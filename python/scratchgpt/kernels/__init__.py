@@ -1,0 +1,125 @@
+"""The compiled kernels' Python face: load `_host` / `_cuda`, describe them, dispatch ops.
+
+    _host   every csrc/*.cu compiled by the C++ compiler and run by the host executor (NumPy arrays)
+    _cuda   the same sources compiled by nvcc, run on the GPU (CuPy arrays; PyTorch CUDA tensors too)
+
+REGISTRY maps an op name to its wrapper class (one module per op: kernels/layernorm.py, ...).
+A wrapper has the reference op's interface (`forward(...) -> (out, cache)`, `backward(dout, cache)`),
+allocates its outputs with the backend's array module and calls the bound launcher, which checks
+dtype, shapes, contiguity and device and raises TypeError / ValueError naming the argument.
+Adding an op: write kernels/OP.py with a class taking a Runtime, add one line to REGISTRY.
+
+SCRATCHGPT_HOST_LIB=path/to/_host*.so loads another build of `_host` (CI: the ASan build).
+"""
+import importlib
+import importlib.util
+import os
+
+import numpy as np
+
+from . import layernorm
+
+REGISTRY = {
+    "layernorm": layernorm.LayerNorm,
+}
+
+_MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)
+
+
+class KernelFallbackWarning(UserWarning):
+    """Some ops of a compiled backend have no kernel yet and run on the NumPy reference."""
+
+
+def load(backend):
+    """The compiled module for `backend` ("host" or "cuda"); RuntimeError saying why not."""
+    if backend not in ("host", "cuda"):
+        raise ValueError(f"backend: expected 'host' or 'cuda', got {backend!r}")
+    if backend not in _MODULES:
+        try:
+            _MODULES[backend] = _import(backend)
+        except ImportError as e:
+            how = ("no CUDA compiler was found when the package was built, or SCRATCHGPT_NO_CUDA=1 was set"
+                   if backend == "cuda" else "rebuild with `pip install -e .`")
+            _MODULES[backend] = RuntimeError(f"the {backend} kernel module is not built ({how}): {e}")
+    module = _MODULES[backend]
+    if isinstance(module, Exception):
+        raise module
+    return module
+
+
+def _import(backend):
+    name = f"{__name__}._{backend}"
+    path = os.environ.get("SCRATCHGPT_HOST_LIB") if backend == "host" else None
+    if not path:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise ImportError(f"SCRATCHGPT_HOST_LIB={path} is not a loadable module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def backend_status(backend):
+    """{"available": bool, "reason": str | None, ...}: what `scratchgpt info` reports."""
+    try:
+        lib = load(backend)
+    except RuntimeError as e:
+        status = {"available": False, "reason": str(e)}
+        if backend == "cuda":
+            status = {"built": False, **status, "device": None}
+        return status
+    status = dict(lib.info())
+    if backend == "cuda" and status["available"]:
+        try:
+            import cupy
+            status["cupy"] = cupy.__version__
+        except ImportError as e:
+            status.update(available=False, reason=f"CuPy is not importable ({e}); install cupy-cuda13x")
+    return status
+
+
+class Runtime:
+    """What an op wrapper needs from its backend: the bound launchers (`lib`), the array module
+    (`xp`), the stream to launch on, and inputs as arrays of that module."""
+
+    def __init__(self, backend):
+        status = backend_status(backend)
+        if not status["available"]:
+            raise RuntimeError(f"backend {backend!r} is unavailable: {status['reason']}")
+        self.backend = backend
+        self.lib = load(backend)
+        if backend == "cuda":
+            import cupy
+            self.xp = cupy
+        else:
+            self.xp = np
+
+    def stream(self):
+        return self.xp.cuda.get_current_stream().ptr if self.backend == "cuda" else 0
+
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def input(self, name, a):
+        """`a` as an array of this backend's module, without a copy; floats must be float32."""
+        device = hasattr(a, "__cuda_array_interface__")
+        if self.backend == "cuda":
+            if not device:
+                raise TypeError(f"{name}: the cuda backend takes device arrays (CuPy, PyTorch CUDA), "
+                                f"got {type(a).__name__}")
+            a = self.xp.asarray(a)
+        else:
+            if device:
+                raise TypeError(f"{name}: the host backend takes host arrays (NumPy), got a device "
+                                f"array ({type(a).__name__})")
+            if not (isinstance(a, np.ndarray) or hasattr(a, "__array_interface__") or hasattr(a, "__array__")):
+                raise TypeError(f"{name}: expected an array, got {type(a).__name__}")
+            a = np.asarray(a)
+        if a.dtype.kind == "f" and a.dtype != np.float32:
+            raise TypeError(f"{name}: the {self.backend} backend computes in float32, got {a.dtype} "
+                            "(build the model with dtype='float32')")
+        return a
+
+    def inputs(self, **arrays):
+        return [self.input(name, a) for name, a in arrays.items()]
