@@ -505,9 +505,10 @@ private:
             int src = l;
             switch (op) {
                 case WarpOp::ShflIdx: src = segment + (f.param & (w - 1)); break;
-                case WarpOp::ShflUp: src = l - f.param < segment ? l : l - f.param; break;
-                case WarpOp::ShflDown: src = l + f.param >= segment + w ? l : l + f.param; break;
-                case WarpOp::ShflXor: src = (l ^ f.param) >= segment + w ? l : (l ^ f.param); break;
+                // as the hardware (PTX shfl.sync): only the delta's low 5 bits count
+                case WarpOp::ShflUp: src = l - (f.param & 31) < segment ? l : l - (f.param & 31); break;
+                case WarpOp::ShflDown: src = l + (f.param & 31) >= segment + w ? l : l + (f.param & 31); break;
+                case WarpOp::ShflXor: src = (l ^ (f.param & 31)) >= segment + w ? l : (l ^ (f.param & 31)); break;
                 default: break;
             }
             switch (op) {

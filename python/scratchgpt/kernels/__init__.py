@@ -101,6 +101,13 @@ class Runtime:
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
 
+    def asarray(self, a):
+        """A NumPy array (or anything array-like) as this backend's array (a copy to the GPU)."""
+        return self.xp.asarray(a)
+
+    def asnumpy(self, a):
+        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+
     def input(self, name, a):
         """`a` as an array of this backend's module, without a copy; floats must be float32."""
         device = hasattr(a, "__cuda_array_interface__")

@@ -1,0 +1,185 @@
+"""The execution model (core/): small kernels from csrc/executor_tests.cu against NumPy.
+
+Each runs on the host executor and, marked `cuda`, on the GPU — the GPU run checks that the
+executor's semantics (shuffle edge cases, widths, partial masks) are the hardware's. Misuse
+(divergent barriers, lanes missing from a mask) must raise on the host, naming the kernel.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def lanes_expected(x, width, delta, src_lane):
+    """shfl (src_lane), shfl_up, shfl_down, shfl_xor (delta) with `width`, per PTX shfl.sync."""
+    n = x.size
+    t = np.arange(n)
+    lane, base = t % 32, t - t % 32
+    seg = lane & ~(width - 1)
+    d = delta & 31
+    idx = seg + (src_lane & (width - 1))
+    up = np.where(lane - d < seg, lane, lane - d)
+    down = np.where(lane + d >= seg + width, lane, lane + d)
+    xor = np.where((lane ^ d) >= seg + width, lane, lane ^ d)
+    warp_sum = x.reshape(-1, 32).sum(axis=1).repeat(32)
+    warp_max = x.reshape(-1, 32).max(axis=1).repeat(32)
+    return np.stack([x[base + idx], x[base + up], x[base + down], x[base + xor], warp_sum, warp_max])
+
+
+@given(width=st.sampled_from([1, 2, 4, 8, 16, 32]), delta=st.integers(0, 40),
+       src_lane=st.integers(-3, 40), block=st.sampled_from([32, 64, 96]),
+       blocks=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_shuffles(kernel_runtime, width, delta, src_lane, block, blocks, seed):
+    rt = kernel_runtime
+    # small integers: every sum is exact in float32, whatever the order
+    x = np.random.default_rng(seed).integers(-1000, 1000, block * blocks).astype(np.float32)
+    out = rt.asarray(np.full((6, x.size), np.nan, np.float32))
+    rt.lib.exec_test_shuffles(out, rt.asarray(x), block, width, delta, src_lane, rt.stream())
+    np.testing.assert_array_equal(rt.asnumpy(out), lanes_expected(x, width, delta, src_lane))
+
+
+@given(pattern=st.sampled_from(["random", "none", "all", "one"]), seed=st.integers(0, 2**16))
+def test_votes(kernel_runtime, pattern, seed):
+    rt = kernel_runtime
+    n = 128
+    p = {"random": np.random.default_rng(seed).integers(0, 2, n), "none": np.zeros(n),
+         "all": np.full(n, 7), "one": (np.arange(n) % 32 == seed % 32) * -1}[pattern].astype(np.int32)
+    out = rt.asarray(np.full((3, n), -5, np.int32))
+    rt.lib.exec_test_votes(out, rt.asarray(p), 64, rt.stream())
+    bits = (p.reshape(-1, 32) != 0)
+    ballot = (bits * (1 << np.arange(32, dtype=np.uint64))).sum(axis=1).astype(np.uint32).repeat(32)
+    got = rt.asnumpy(out)
+    np.testing.assert_array_equal(got[0].view(np.uint32), ballot)
+    np.testing.assert_array_equal(got[1], bits.any(axis=1).repeat(32))
+    np.testing.assert_array_equal(got[2], bits.all(axis=1).repeat(32))
+
+
+def test_partial_masks(kernel_runtime):
+    """Even and odd lanes reduce with their own masks at the same time; the lower half alone
+    reduces with width 16 while the upper half takes no part."""
+    rt = kernel_runtime
+    x = np.random.default_rng(1).integers(-50, 50, 128).astype(np.float32)
+    out = rt.asarray(np.full((2, x.size), np.nan, np.float32))
+    rt.lib.exec_test_partial_masks(out, rt.asarray(x), 64, rt.stream())
+    w = x.reshape(-1, 32)
+    parity = np.stack([w[:, 0::2].sum(axis=1), w[:, 1::2].sum(axis=1)], axis=1)   # [warps, 2]
+    expected0 = parity[:, np.arange(32) % 2].reshape(-1)
+    lower = w[:, :16].sum(axis=1, keepdims=True)
+    expected1 = np.concatenate([np.repeat(lower, 16, axis=1), w[:, 16:]], axis=1).reshape(-1)
+    got = rt.asnumpy(out)
+    np.testing.assert_array_equal(got[0], expected0)
+    np.testing.assert_array_equal(got[1], expected1)
+
+
+@pytest.mark.parametrize("block", [(32, 1, 1), (8, 4, 2), (64, 2, 2), (16, 16, 4), (1024, 1, 1)])
+def test_block_sum_3d_blocks(kernel_runtime, block):
+    rt = kernel_runtime
+    threads = int(np.prod(block))
+    x = np.random.default_rng(threads).standard_normal(3 * threads).astype(np.float32)
+    out = rt.asarray(np.full(3, np.nan, np.float32))
+    rt.lib.exec_test_block_sum(out, rt.asarray(x), *block, rt.stream())
+    np.testing.assert_allclose(rt.asnumpy(out), x.reshape(3, -1).astype(np.float64).sum(axis=1),
+                               rtol=1e-5, atol=1e-4)
+
+
+@given(R=st.integers(1, 100), C=st.integers(1, 100))
+def test_shared_memory_transpose(kernel_runtime, R, C):
+    rt = kernel_runtime
+    x = np.random.default_rng(R * 1000 + C).standard_normal((R, C)).astype(np.float32)
+    out = rt.asarray(np.full((C, R), np.nan, np.float32))
+    rt.lib.exec_test_transpose(out, rt.asarray(x), rt.stream())
+    np.testing.assert_array_equal(rt.asnumpy(out), x.T)
+
+
+@pytest.mark.parametrize("n", [1, 200, 5000])
+def test_atomics(kernel_runtime, n):
+    rt = kernel_runtime
+    rng = np.random.default_rng(n)
+    values = rng.random(n).astype(np.float32)
+    ints = rng.integers(-10**6, 10**6, n).astype(np.int32)
+    total = rt.asarray(np.zeros(1, np.float32))
+    biggest = rt.asarray(np.full(1, np.iinfo(np.int32).min, np.int32))
+    count = rt.asarray(np.zeros(1, np.int32))
+    histogram = rt.asarray(np.zeros(16, np.int32))
+    rt.lib.exec_test_atomics(total, biggest, count, histogram, rt.asarray(values), rt.asarray(ints),
+                             rt.stream())
+    np.testing.assert_allclose(rt.asnumpy(total)[0], values.astype(np.float64).sum(), rtol=1e-5)
+    assert rt.asnumpy(biggest)[0] == ints.max()
+    assert rt.asnumpy(count)[0] == n
+    np.testing.assert_array_equal(rt.asnumpy(histogram), np.bincount(ints & 15, minlength=16))
+
+
+@given(grid=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+       block=st.tuples(st.integers(1, 16), st.integers(1, 8), st.integers(1, 4)))
+def test_3d_grid(kernel_runtime, grid, block):
+    rt = kernel_runtime
+    (gx, gy, gz), (bx, by, bz) = grid, block
+    out = rt.asarray(np.full((gz * bz, gy * by, gx * bx), -1, np.int32))
+    rt.lib.exec_test_grid3d(out, gx, gy, gz, bx, by, bz, rt.stream())
+    z, y, x = np.meshgrid(np.arange(gz * bz), np.arange(gy * by), np.arange(gx * bx), indexing="ij")
+    block_id = x // bx + gx * (y // by + gy * (z // bz))
+    thread_id = x % bx + bx * (y % by + by * (z % bz))
+    np.testing.assert_array_equal(rt.asnumpy(out), block_id * 1024 + thread_id)
+
+
+@given(n=st.integers(1, 3000), block=st.sampled_from([32, 100, 256, 1024]))
+def test_dynamic_shared_memory(kernel_runtime, n, block):
+    rt = kernel_runtime
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    out = rt.asarray(np.full(n, np.nan, np.float32))
+    rt.lib.exec_test_dynamic_smem(out, rt.asarray(x), block, rt.stream())
+    t = np.arange(n)
+    src = (t // block) * block + (block - 1 - t % block)
+    expected = np.where(src < n, x[np.minimum(src, n - 1)], -1.0).astype(np.float32)
+    np.testing.assert_array_equal(rt.asnumpy(out), expected)
+
+
+MISUSE = {   # case -> (kernel named in the error, what the error says)
+    "barrier_skipped": ("barrier_skipped_kernel", "exited while 16 thread(s) wait at __syncthreads"),
+    "barrier_divergent": ("barrier_divergent_kernel", "divergent __syncthreads"),
+    "lane_exits": ("lane_exits_kernel", "lane 31 (thread (31,0,0)) exited"),
+    "lane_never_arrives": ("lane_never_arrives_kernel", "for lanes 0x00000020 that never arrive"),
+    "lane_not_in_mask": ("lane_not_in_mask_kernel", "does not include the calling lane"),
+    "misaligned": ("misaligned_kernel", "misaligned float4 load"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISUSE))
+def test_misuse_raises_naming_the_kernel(host_runtime, case):
+    kernel, says = MISUSE[case]
+    with pytest.raises(RuntimeError) as e:
+        host_runtime.lib.exec_test_misuse(case)
+    assert kernel in str(e.value) and says in str(e.value), str(e.value)
+
+
+def test_every_misuse_case_is_tested(host_runtime):
+    assert set(host_runtime.lib.EXEC_MISUSE_CASES) == set(MISUSE)
+
+
+def test_executor_recovers_after_an_error(host_runtime):
+    """Fibers abandoned by an error leave nothing behind: the next launch is correct."""
+    rt = host_runtime
+    for case in MISUSE:
+        with pytest.raises(RuntimeError):
+            rt.lib.exec_test_misuse(case)
+        x = np.arange(64, dtype=np.float32)
+        out = np.full((6, 64), np.nan, np.float32)
+        rt.lib.exec_test_shuffles(out, x, 64, 32, 1, 0, 0)
+        np.testing.assert_array_equal(out, lanes_expected(x, 32, 1, 0))
+
+
+def test_arguments_are_checked_by_name(host_runtime):
+    lib = host_runtime.lib
+    x = np.zeros(64, np.float32)
+    with pytest.raises(TypeError, match=r"^in: expected float32, got float64"):
+        lib.exec_test_shuffles(np.zeros((6, 64), np.float32), x.astype(np.float64), 64, 32, 1, 0)
+    with pytest.raises(ValueError, match=r"^out: expected 384 elements"):
+        lib.exec_test_shuffles(np.zeros((5, 64), np.float32), x, 64, 32, 1, 0)
+    with pytest.raises(ValueError, match=r"^in: expected a C-contiguous array"):
+        lib.exec_test_transpose(np.zeros((4, 4), np.float32), np.zeros((4, 8), np.float32)[:, ::2])
+    readonly = np.zeros((6, 64), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^out: the output array is read-only"):
+        lib.exec_test_shuffles(readonly, x, 64, 32, 1, 0)
+    with pytest.raises(TypeError, match=r"^in: expected an array exposing __array_interface__"):
+        lib.exec_test_transpose(np.zeros((1, 1), np.float32), [[1.0]])

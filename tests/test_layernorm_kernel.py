@@ -1,0 +1,204 @@
+"""csrc/layernorm.cu against reference/layernorm.py (float64), on the host executor always and,
+marked `cuda`, on the GPU. Outputs are poisoned with NaN before each launch, so an element the
+kernel forgets to write fails. (The reference's own finite-difference tests: test_layernorm.py.)
+"""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scratchgpt.reference import layernorm as ref
+
+# C: not a multiple of 4 or 32, exactly 4 / 32 / 128, GPT widths, the largest
+WIDTHS = [1, 3, 4, 5, 31, 32, 33, 100, 128, 130, 257, 768, 1023]
+
+
+def rel_err(got, want):
+    got = np.asarray(got, np.float64)
+    assert np.isfinite(got).all(), "NaN or inf in the kernel's output (an element not written?)"
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+
+
+def make_inputs(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)    # offset: mean matters
+    C = shape[-1]
+    weight = rng.standard_normal(C).astype(np.float32)
+    bias = rng.standard_normal(C).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    return x, weight, bias, dout
+
+
+def run_kernels(rt, x, weight, bias, dout, eps=1e-5):
+    """Launch forward and backward through the bound launchers with NaN-poisoned outputs."""
+    lib, dev = rt.lib, rt.asarray
+    rows = x.size // x.shape[-1]
+    poisoned = lambda shape: dev(np.full(shape, np.nan, np.float32))   # noqa: E731
+    out, mean, rstd = poisoned(x.shape), poisoned(x.shape[:-1] + (1,)), poisoned(x.shape[:-1] + (1,))
+    xd, wd, bd = dev(x), dev(weight), dev(bias)
+    lib.layernorm_forward(out, mean, rstd, xd, wd, bd, eps, rt.stream())
+    dx, dweight, dbias = poisoned(x.shape), poisoned(weight.shape), poisoned(weight.shape)
+    workspace = poisoned((lib.layernorm_backward_workspace(rows, x.shape[-1]),))
+    lib.layernorm_backward(dx, dweight, dbias, workspace, dev(dout), xd, wd, mean, rstd, rt.stream())
+    return [rt.asnumpy(a) for a in (out, mean, rstd, dx, dweight, dbias)]
+
+
+def check_against_reference(rt, x, weight, bias, dout, tol=1e-5):
+    out, mean, rstd, dx, dweight, dbias = run_kernels(rt, x, weight, bias, dout)
+    f64 = lambda a: a.astype(np.float64)   # noqa: E731
+    r_out, cache = ref.forward(f64(x), f64(weight), f64(bias))
+    r_dx, r_dweight, r_dbias = ref.backward(f64(dout), cache)
+    assert rel_err(out, r_out) < tol
+    assert rel_err(mean, cache[1]) < tol
+    assert rel_err(rstd, cache[2]) < tol
+    assert rel_err(dx, r_dx) < tol
+    long = 10 * tol if x.size // x.shape[-1] > 256 else tol    # a long sum over rows
+    assert rel_err(dweight, r_dweight) < long
+    assert rel_err(dbias, r_dbias) < long
+
+
+@given(lead=st.lists(st.integers(1, 6), min_size=0, max_size=2), rows=st.integers(1, 40),
+       C=st.sampled_from(WIDTHS), seed=st.integers(0, 2**16))
+def test_matches_reference(kernel_runtime, lead, rows, C, seed):
+    shape = tuple(lead) + (rows, C)
+    check_against_reference(kernel_runtime, *make_inputs(shape, seed))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 8192), (3, 8192), (2, 7, 4099), (300, 96)])
+def test_edge_shapes(kernel_runtime, shape):
+    """One row, one column, the widest rows (C up to 8192, and 8192 + 3), many rows."""
+    check_against_reference(kernel_runtime, *make_inputs(shape, sum(shape)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(4096, 768), (1024, 8192)])
+def test_large(kernel_runtime, shape):
+    check_against_reference(kernel_runtime, *make_inputs(shape, 0), tol=1e-5)
+
+
+def test_misaligned_rows_take_the_scalar_path(kernel_runtime):
+    """C % 4 == 0 but x starts 4 bytes past a 16-byte boundary: the float4 path may not run."""
+    rt = kernel_runtime
+    x, weight, bias, dout = make_inputs((5, 64), 3)
+    buffer = np.zeros(x.size + 1, np.float32)
+    shifted = buffer[1:].reshape(x.shape)
+    shifted[...] = x
+    if rt.backend == "host":
+        assert shifted.ctypes.data % 16 != 0
+        check_against_reference(rt, shifted, weight, bias, dout)
+    else:   # device arrays are aligned by the allocator: shift there
+        dev = rt.xp.zeros(x.size + 1, np.float32)
+        dev[1:] = rt.asarray(x.reshape(-1))
+        xd = dev[1:].reshape(x.shape)
+        out = rt.xp.full(x.shape, np.nan, np.float32)
+        stats = [rt.xp.full((5, 1), np.nan, np.float32) for _ in range(2)]
+        rt.lib.layernorm_forward(out, *stats, xd, rt.asarray(weight), rt.asarray(bias), 1e-5, rt.stream())
+        r_out, _ = ref.forward(x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64))
+        assert rel_err(rt.asnumpy(out), r_out) < 1e-5
+
+
+def test_wrapper_matches_reference_interface(kernel_runtime):
+    """kernels.layernorm.LayerNorm: forward(x, w, b, eps) -> out, cache; backward(dout, cache)."""
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    op = REGISTRY["layernorm"](rt)
+    x, weight, bias, dout = make_inputs((2, 3, 40), 5)
+    out, cache = op.forward(rt.asarray(x), rt.asarray(weight), rt.asarray(bias), eps=1e-3)
+    dx, dweight, dbias = op.backward(rt.asarray(dout), cache)
+    f64 = lambda a: a.astype(np.float64)   # noqa: E731
+    r_out, r_cache = ref.forward(f64(x), f64(weight), f64(bias), eps=1e-3)
+    r_grads = ref.backward(f64(dout), r_cache)
+    assert cache[1].shape == r_cache[1].shape and cache[2].shape == r_cache[2].shape
+    assert rel_err(rt.asnumpy(out), r_out) < 1e-5
+    for got, want in zip((dx, dweight, dbias), r_grads):
+        assert rel_err(rt.asnumpy(got), want) < 1e-5
+
+
+def test_arguments_are_checked_by_name(host_runtime):
+    from scratchgpt.kernels import REGISTRY
+    op = REGISTRY["layernorm"](host_runtime)
+    lib = host_runtime.lib
+    x, weight, bias, _ = make_inputs((4, 8), 0)
+    with pytest.raises(TypeError, match=r"^x: the host backend computes in float32, got float64"):
+        op.forward(x.astype(np.float64), weight, bias)
+    with pytest.raises(ValueError, match=r"^weight: expected shape \(8,\), got \(7,\)"):
+        op.forward(x, weight[:7], bias)
+    with pytest.raises(ValueError, match=r"^x: expected a C-contiguous array"):
+        op.forward(np.zeros((8, 4), np.float32).T, weight, bias)
+    with pytest.raises(ValueError, match=r"^mean: expected 4 elements"):
+        lib.layernorm_forward(np.empty_like(x), np.empty(3, np.float32), np.empty(4, np.float32),
+                              x, weight, bias, 1e-5)
+    with pytest.raises(TypeError, match=r"^x: expected float32, got int32"):
+        lib.layernorm_forward(np.empty((4, 8), np.float32), np.empty(4, np.float32),
+                              np.empty(4, np.float32), x.astype(np.int32), weight, bias, 1e-5)
+    with pytest.raises(ValueError, match=r"^x: the last dimension \(C\) must be > 0"):
+        op.forward(np.zeros((4, 0), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+def test_torch_tensors_are_accepted(host_runtime):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from scratchgpt.kernels import REGISTRY
+    op = REGISTRY["layernorm"](host_runtime)
+    x, weight, bias, _ = make_inputs((3, 24), 2)
+    out, _ = op.forward(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias))
+    r_out, _ = ref.forward(x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64))
+    assert rel_err(out, r_out) < 1e-5
+
+
+def test_host_backend_lists_its_fallbacks_once():
+    from scratchgpt.kernels import KernelFallbackWarning
+    from scratchgpt.ops import get_backend
+    from scratchgpt.reference import OPS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = get_backend("host")
+    fallback_warnings = [w for w in caught if issubclass(w.category, KernelFallbackWarning)]
+    assert len(fallback_warnings) == 1
+    assert "layernorm" not in backend.fallbacks
+    assert set(backend.fallbacks) == set(OPS) - {"layernorm"}
+    for op in backend.fallbacks:
+        assert op in str(fallback_warnings[0].message)
+    assert type(backend.layernorm).__name__ == "LayerNorm"
+
+
+def test_cuda_backend_says_why_it_is_unavailable():
+    from scratchgpt.kernels import backend_status
+    from scratchgpt.ops import get_backend
+    status = backend_status("cuda")
+    if status["available"]:
+        pytest.skip("a GPU is present: nothing to explain")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: .+"):
+        get_backend("cuda")
+    assert status["reason"]
+
+
+def test_info_reports_every_backend():
+    from scratchgpt.info import backends_info
+    info = backends_info()["backends"]
+    assert info["numpy"]["available"] is True
+    assert info["host"]["available"] is True and info["host"]["threads"] >= 1
+    cuda = info["cuda"]
+    assert set(cuda) >= {"built", "available", "reason", "device"}
+    assert cuda["available"] == (cuda["device"] is not None)
+    assert cuda["available"] or cuda["reason"]
+
+
+def test_model_step_on_host_matches_numpy():
+    """One forward + backward of a tiny GPT: host (float32 kernels + fallbacks) vs numpy float64."""
+    from scratchgpt import GPT, GPTConfig
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    idx = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = GPT(cfg, backend="host", dtype="float32", seed=0)
+    ref_model = GPT(cfg, backend="numpy", dtype="float64", seed=0)
+    _, loss = host.forward(idx, idx)
+    grads = host.backward()
+    _, ref_loss = ref_model.forward(idx, idx)
+    ref_grads = ref_model.backward()
+    assert abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)) < 1e-5
+    for name, g in ref_grads.items():
+        if np.linalg.norm(g) > 0:
+            assert rel_err(grads[name], g) < 1e-4, name
