@@ -265,10 +265,15 @@ public:
         barrier_arrived_ = 0;
         barrier_site_ = nullptr;
 #if defined(SCRATCH_ASAN)
-        if (stacks_dirty_) {   // fibers abandoned by an error left poisoned frames behind
+        // A finished fiber never returns from fiber_main, so the redzones of its last frames stay
+        // poisoned at the top of its stack (after an error, anywhere in it): clear them before
+        // the stack is reused, or ASan reports the next block's frames.
+        const size_t reused = stacks_dirty_ ? fiber_stack_bytes() : std::min<size_t>(fiber_stack_bytes(), 16384);
+        for (int i = 0; i < n; ++i)
+            __asan_unpoison_memory_region(fibers_[i].stack + fibers_[i].stack_bytes - reused, reused);
+        if (stacks_dirty_)
             for (Fiber& f : fibers_) __asan_unpoison_memory_region(f.stack, f.stack_bytes);
-            stacks_dirty_ = false;
-        }
+        stacks_dirty_ = false;
 #endif
         const unsigned bx = L.block.x, by = L.block.y;
         for (int i = 0; i < n; ++i) {

@@ -4,6 +4,8 @@
 // reductions over 3-D blocks, a shared-memory transpose, atomics, 3-D grids, dynamic shared
 // memory, and (host only) misuse that must raise.
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "core/kernel.h"
 #include "csrc/launchers.h"
@@ -137,6 +139,11 @@ __global__ void lane_never_arrives_kernel(float* out) {   // lane 5 waits at a b
 __global__ void lane_not_in_mask_kernel(float* out) {   // lane 3 calls with a mask without itself
     out[threadIdx.x] = __shfl_xor_sync(threadIdx.x == 3 ? 0xfffffff0u : 0xffffffffu, 1.0f, 1);
 }
+#if defined(SCRATCH_ASAN_BUILD)
+__global__ void heap_overflow_kernel(float* out) {   // launched with one thread too many
+    out[threadIdx.x] = 1.0f;
+}
+#endif
 __global__ void misaligned_kernel(float* out) {
     const float4 v = load_float4(out + 1);
     out[0] = v.x;
@@ -250,6 +257,13 @@ void exec_test_misuse(const char* which) {
     else if (w == "lane_never_arrives") launch("lane_never_arrives_kernel", lane_never_arrives_kernel, dim3(1), dim3(32), 0, nullptr, buffer);
     else if (w == "lane_not_in_mask") launch("lane_not_in_mask_kernel", lane_not_in_mask_kernel, dim3(1), dim3(32), 0, nullptr, buffer);
     else if (w == "misaligned") launch("misaligned_kernel", misaligned_kernel, dim3(1), dim3(1), 0, nullptr, buffer);
+#if defined(SCRATCH_ASAN_BUILD)
+    // not in kExecMisuseCases: it corrupts the heap unless AddressSanitizer stops the process
+    else if (w == "heap_overflow") {
+        std::vector<float> out(32);
+        launch("heap_overflow_kernel", heap_overflow_kernel, dim3(1), dim3(33), 0, nullptr, out.data());
+    }
+#endif
     else throw ValueError(str("which: unknown misuse case ", which));
 #else
     throw Error(str("exec_test_misuse(", which, "): host executor only (on a GPU these hang)"));

@@ -4,6 +4,10 @@ Each runs on the host executor and, marked `cuda`, on the GPU — the GPU run ch
 executor's semantics (shuffle edge cases, widths, partial masks) are the hardware's. Misuse
 (divergent barriers, lanes missing from a mask) must raise on the host, naming the kernel.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -183,3 +187,15 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.exec_test_shuffles(readonly, x, 64, 32, 1, 0)
     with pytest.raises(TypeError, match=r"^in: expected an array exposing __array_interface__"):
         lib.exec_test_transpose(np.zeros((1, 1), np.float32), [[1.0]])
+
+
+def test_asan_stops_a_kernel_writing_out_of_bounds(host_runtime):
+    """Under the AddressSanitizer build (.ci/run), a kernel's heap overflow kills the process
+    with ASan's report: CI fails on out-of-bounds kernels without a GPU."""
+    if not host_runtime.lib.info().get("asan"):
+        pytest.skip("needs the AddressSanitizer build of _host (.ci/run runs it)")
+    code = "from scratchgpt.kernels import load; load('host').exec_test_misuse('heap_overflow')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ, timeout=120)
+    assert run.returncode != 0
+    assert "heap-buffer-overflow" in run.stderr and "heap_overflow_kernel" in run.stderr, run.stderr[-2000:]
