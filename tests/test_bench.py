@@ -220,3 +220,25 @@ def test_gpu_part_control_flow_on_a_stand_in(monkeypatch, tmp_path, capsys):
     assert "falls back" in by_name[("attention", "backward")]["skip"]
     assert sorted(p.rsplit(".", 1)[-1] for p in report["files"]) == ["json", "md", "png"]
     assert all(r["device"] == "cuda" for r in report["kernels"])
+
+
+def test_table_runs_the_compiled_kernels_on_the_host_executor():
+    """The GPU harness's call path with a real kernel wrapper: the host backend has the cuda
+    backend's interface, so what passes here is what the GPU run will call."""
+    import warnings
+
+    from scratchgpt.ops import get_backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            backend = get_backend("host")
+        except (RuntimeError, NotImplementedError) as e:
+            pytest.skip(f"host backend unavailable: {e}")
+    timed = [op for op in kernels.OPS if op not in backend.fallbacks]
+    cases = [c for c in kernels.model_cases(B=2, T=8, C=24, H=2, V=40, P=300) if c.op in timed]
+    records = kernels.run_table(cases, backend, WallTimer(warmup=0, repeats=2, flush_bytes=1 << 16),
+                                {"copy_gbps": 10.0, "sgemm_tflops": 0.1}, progress=False, check_rows=8)
+    assert records, "the host backend has at least one kernel"
+    for r in records:
+        assert r["skip"] is None and r["ms"] > 0, r
+        assert r["check_rel_err"] < kernels.SPECS[r["name"]].tol and r["check_shape"] != r["shape"]
