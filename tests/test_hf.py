@@ -92,7 +92,8 @@ def test_scratchgpt_to_hf_logits_match(ln_placement, tmp_path):
     rng = np.random.default_rng(4)
     ours.load_params({k: v + rng.normal(0, 0.1, v.shape) for k, v in ours.params.items()})
     ours.save_pretrained(tmp_path)
-    cls = transformers.GPT2LMHeadModel if ln_placement == "pre" else transformers.OpenAIGPTLMHeadModel
+    cls = (transformers.GPT2LMHeadModel if ln_placement == "pre"
+           else transformers.OpenAIGPTLMHeadModel)
     hf = cls.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
     idx = rng.integers(0, cfg.vocab_size, size=(2, cfg.block_size))
     ref_logits, ref_loss = hf_logits_loss(hf, idx)

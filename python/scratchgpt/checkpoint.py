@@ -117,7 +117,7 @@ def load_model(path, backend="numpy", dtype=None):
 
     from .model import GPT
     from .tokenizer import find_tokenizer_files, load_tokenizer
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if is_hf_folder(path):
         model = GPT.from_pretrained(path, backend=backend, dtype=dtype or "float32")
         ckpt, state = path, {}

@@ -103,15 +103,16 @@ class ClassifierHead:
         rng = np.random.default_rng(seed)
         xp = backend.xp
         self.be = backend
-        self.params = {"head.weight": xp.asarray(rng.normal(0, 0.02, (n_classes, n_embd)).astype(dtype)),
-                       "head.bias": xp.zeros(n_classes, dtype=dtype)}
+        weight = rng.normal(0, 0.02, (n_classes, n_embd)).astype(dtype)
+        self.params = {"head.weight": xp.asarray(weight), "head.bias": xp.zeros(n_classes, dtype)}
 
     def forward(self, hidden, last, labels=None):
         """hidden [B, T, C], last [B] -> (logits [B, K], loss or None)."""
         xp = self.be.xp
         rows = xp.arange(hidden.shape[0])
         h = hidden[rows, xp.asarray(last)]
-        logits, self._lin = self.be.linear.forward(h, self.params["head.weight"], self.params["head.bias"])
+        logits, self._lin = self.be.linear.forward(h, self.params["head.weight"],
+                                                   self.params["head.bias"])
         self._shape, self._last = hidden.shape, last
         if labels is None:
             return logits, None
@@ -128,21 +129,37 @@ class ClassifierHead:
         return dhidden, {"head.weight": dw, "head.bias": db}
 
 
+def length_batches(lengths, batch_size, rng=None, pool=32):
+    """Batches of indices into lengths with little padding: rows are shuffled (when rng is
+    given), cut into pools of `pool` batches, sorted by length within a pool, and the batches
+    shuffled again, so each batch holds texts of similar length."""
+    order = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
+    lengths = np.asarray(lengths)
+    batches = []
+    for p in range(0, len(order), batch_size * pool):
+        chunk = order[p:p + batch_size * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def classify(model, head, seqs, pad_id, batch_size):
     """Predicted class of each sequence (model in eval mode)."""
     was_training = model.training
     model.eval()
-    preds = []
+    preds = np.zeros(len(seqs), dtype=np.int64)
     try:
-        for i in range(0, len(seqs), batch_size):
-            idx, _, last = make_batch(seqs[i:i + batch_size], pad_id)
+        for rows in length_batches([len(s) for s in seqs], batch_size, pool=len(seqs)):
+            idx, _, last = make_batch([seqs[r] for r in rows], pad_id)
             model.forward(idx)
             logits, _ = head.forward(model.hidden, last)
-            preds.append(model.be.asnumpy(logits).argmax(axis=-1))
+            preds[rows] = model.be.asnumpy(logits).argmax(axis=-1)
     finally:
         model._caches = None
         model.train(was_training)
-    return np.concatenate(preds)
+    return preds
 
 
 # ------------------------------------------------------------------------------ baseline
@@ -192,6 +209,8 @@ def baseline_accuracy(train_texts, train_y, test_texts, test_y, n_classes):
 def pretrain(args, texts):
     """A small GPT pretrained on the fine-tuning texts (train split) and the default corpus."""
     argv = ["--preset", args.preset, "--vocab-size", str(args.vocab_size),
+            "--n-layer", str(args.n_layer), "--n-head", str(args.n_head),
+            "--n-embd", str(args.n_embd),
             "--max-steps", str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
             "--max-corpus-mb", str(args.corpus_mb), "--out", os.path.join(args.out, "pretrain"),
             "--backend", args.backend, "--seed", str(args.seed), "--eval-interval",
@@ -254,9 +273,8 @@ def finetune(args):
     step, history = 0, []
     model.train()
     for epoch in range(args.epochs):
-        order = tr[rng.permutation(len(tr))]
-        for i in range(0, len(order), args.batch_size):
-            rows = order[i:i + args.batch_size]
+        for batch in length_batches([len(seqs[i]) for i in tr], args.batch_size, rng):
+            rows = tr[batch]
             idx, targets, last = make_batch([seqs[r] for r in rows], pad_id)
             _, lm_loss = model.forward(idx, targets if args.lm_weight > 0 else None)
             _, cls_loss = head.forward(model.hidden, last, y[rows])
@@ -264,7 +282,8 @@ def finetune(args):
             grads = model.backward(loss_weight=args.lm_weight, dhidden=dhidden)
             grads.update(head_grads)
             # linear warmup, then linear decay to zero (GPT-1's fine-tuning schedule)
-            lr = args.lr * min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+            decay = max(0.0, (total - step) / max(1, total - warmup))
+            lr = args.lr * min((step + 1) / warmup, decay)
             opt.step(grads, lr=lr, max_grad_norm=1.0)
             step += 1
             loss = float(cls_loss) + args.lm_weight * (float(lm_loss) if lm_loss is not None else 0)
@@ -316,10 +335,13 @@ def add_arguments(p):
     g = p.add_argument_group("pretraining (without --ckpt)")
     g.add_argument("--preset", default="mini")
     g.add_argument("--vocab-size", type=int, default=1024)
+    g.add_argument("--n-layer", type=int, default=3)
+    g.add_argument("--n-head", type=int, default=4)
+    g.add_argument("--n-embd", type=int, default=96)
     g.add_argument("--block-size", type=int, default=64, help="context (the texts are short)")
-    g.add_argument("--pretrain-steps", type=int, default=300)
+    g.add_argument("--pretrain-steps", type=int, default=400)
     g.add_argument("--pretrain-batch-size", type=int, default=16)
-    g.add_argument("--corpus-mb", type=float, default=2.0,
+    g.add_argument("--corpus-mb", type=float, default=1.0,
                    help="MB of the default corpus to pretrain on besides the texts")
     g.add_argument("--text-repeats", type=int, default=4,
                    help="copies of the labelled texts in the pretraining data")

@@ -131,7 +131,7 @@ def from_pretrained(path, backend="numpy", dtype="float64"):
     from safetensors.numpy import load_file
 
     from .model import GPT
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     cfg = config_from_hf(_read_config(path))
     weights = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights):
@@ -146,7 +146,7 @@ def save_pretrained(model, path):
     """Write model as a Hugging Face folder that GPT2LMHeadModel / OpenAIGPTLMHeadModel (and
     from_pretrained here) read: config.json + model.safetensors in the model's dtype."""
     from safetensors.numpy import save_file
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     os.makedirs(path, exist_ok=True)
     hf_cfg = config_to_hf(model.cfg)
     hf_cfg["torch_dtype"] = model.dtype.name

@@ -215,7 +215,7 @@ def find_tokenizer_files(folder):
 def load_tokenizer(path):
     """A tokenizer from a folder (tokenizer.json, chars.json, vocab.json + merges.txt, or
     encoder.json + vocab.bpe) or from a tokenizer.json / chars.json file."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if os.path.isfile(path):
         if os.path.basename(path) == CHARS_JSON:
             return CharTokenizer.load(path)

@@ -111,15 +111,15 @@ def parse_args(argv):
 
 
 def build_config(args, vocab_size=None):
-    """The preset, with the size flags that were given; vocab_size (the tokenizer's) raises
-    the vocabulary when the flags leave it too small."""
+    """The preset, with the size flags that were given; without --vocab-size the vocabulary
+    is the tokenizer's (vocab_size) when one is known."""
     over = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
     cfg = GPTConfig.preset(args.preset, **over)
-    if vocab_size is not None and cfg.vocab_size < vocab_size:
-        if "vocab_size" in over:
-            raise ValueError(f"--vocab-size: {cfg.vocab_size} is smaller than the tokenizer's "
-                             f"{vocab_size} ids")
+    if vocab_size is not None and "vocab_size" not in over:
         cfg = GPTConfig.preset(args.preset, **{**over, "vocab_size": vocab_size})
+    if vocab_size is not None and cfg.vocab_size < vocab_size:
+        raise ValueError(f"--vocab-size: {cfg.vocab_size} is smaller than the tokenizer's "
+                         f"{vocab_size} ids")
     return cfg
 
 
