@@ -219,6 +219,7 @@ def test_gpu_part_control_flow_on_a_stand_in(monkeypatch, tmp_path, capsys):
     assert by_name[("layernorm", "forward")]["ms"] > 0 and by_name[("layernorm", "forward")]["check_rel_err"] < 1e-5
     assert "falls back" in by_name[("attention", "backward")]["skip"]
     assert sorted(p.rsplit(".", 1)[-1] for p in report["files"]) == ["json", "md", "png"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in report["files"])
     assert all(r["device"] == "cuda" for r in report["kernels"])
 
 

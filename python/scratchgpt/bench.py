@@ -28,6 +28,7 @@ from .benchmarks.common import (Budget, blas_threads, cpu_name, git_commit, impo
 from .config import PRESETS, GPTConfig
 
 END_TO_END = "end_to_end"
+PARTIAL = "kernels_partial.json"     # the GPU kernel table, written before the end-to-end part
 GPT2_SHAPES = dict(B=8, T=1024, vocab_size=50304)     # GPT-2 124M, vocabulary padded to 64
 
 
@@ -134,7 +135,7 @@ def run_gpu(args, budget, log):
                 r["skip"] = why
         if args.out:                # kept even if the end-to-end part is cut short
             os.makedirs(args.out, exist_ok=True)
-            with open(os.path.join(args.out, "kernels_partial.json"), "w") as f:
+            with open(os.path.join(args.out, PARTIAL), "w") as f:
                 json.dump(section, f, indent=1, default=float)
     for r in section["kernels"]:
         r["device"] = "cuda"
@@ -242,8 +243,11 @@ def run(args):
     report = assemble(cpu_section, gpu_section)
     written = []
     if gpu_section is not None and "skipped" not in gpu_section:
-        written += write_results(report, args.out or os.path.join("benchmarks", "results"),
-                                 gpu_section, GPU_E2E_ROWS, "gpu", "cuda")
+        out_dir = args.out or os.path.join("benchmarks", "results")
+        written += write_results(report, out_dir, gpu_section, GPU_E2E_ROWS, "gpu", "cuda")
+        partial = os.path.join(out_dir, PARTIAL)
+        if os.path.exists(partial):     # the full report supersedes it
+            os.remove(partial)
     elif cpu_section is not None and args.out:
         written += write_results(report, args.out, cpu_section, CPU_E2E_ROWS, "cpu", "cpu")
     report["files"] = written
