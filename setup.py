@@ -7,10 +7,13 @@ Environment:
     SCRATCHGPT_NO_CUDA=1       skip the CUDA module even when nvcc is present
     SCRATCHGPT_ASAN=1          build _host with AddressSanitizer (CI)
     SCRATCHGPT_BUILD_DIR=path  CMake build directory (default: build/cmake), kept for incremental builds
+    SCRATCHGPT_CMAKE_ARGS=...  extra CMake arguments, e.g. "-DSCRATCHGPT_PTXAS_VERBOSE=ON" (registers,
+                               spills) or "-DCMAKE_CUDA_ARCHITECTURES=90-real"
     CMAKE_BUILD_PARALLEL_LEVEL parallel compile jobs (default: the number of cores)
 """
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,6 +57,7 @@ class CMakeBuild(build_ext):
             f"-DSCRATCHGPT_CUDA={'OFF' if _flag('SCRATCHGPT_NO_CUDA') else 'ON'}",
             f"-DSCRATCHGPT_ASAN={'ON' if _flag('SCRATCHGPT_ASAN') else 'OFF'}",
         ]
+        args += shlex.split(os.environ.get("SCRATCHGPT_CMAKE_ARGS", ""))
         if shutil.which("ninja") and not (build_dir / "Makefile").exists():
             args += ["-G", "Ninja"]
         subprocess.run(args, check=True)
