@@ -38,17 +38,38 @@ def import_cupy():
     return cupy, None
 
 
+# Keeps the GPU busy for a fixed number of clock cycles while Python queues the timed call, so
+# the events time the GPU's work and not the host's launch overhead (tens of microseconds,
+# as long as a small kernel itself).
+SPIN_KERNEL = r"""
+extern "C" __global__ void spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
+
+
 class EventTimer:
     """ms per call from CUDA events on the current stream (PyTorch's default stream is the same
-    legacy stream), after warm-up; before each repeat a buffer twice the L2's size is written,
-    so no repeat reads its inputs from the previous repeat's cache."""
+    legacy stream), after warm-up. Before each repeat a buffer twice the L2's size is written,
+    so no repeat reads its inputs from the previous repeat's cache; then a spin kernel holds the
+    GPU for `spin_ms` while the call is queued behind it, so host overhead shorter than that is
+    not counted (a call that synchronises with the host is timed whole, as it runs)."""
 
-    def __init__(self, cp, warmup=3, repeats=20):
+    def __init__(self, cp, warmup=3, repeats=20, spin_ms=1.0):
         self.cp, self.warmup, self.repeats = cp, warmup, repeats
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         self.l2_bytes = int(props.get("l2CacheSize", 0)) or 64 << 20
         self.flush = cp.empty(max(2 * self.l2_bytes, 64 << 20) // 4, dtype=cp.float32)
         self.start, self.end = cp.cuda.Event(), cp.cuda.Event()
+        clock_khz = int(props.get("clockRate", 0)) or 2_000_000      # absent from CUDA 13's props
+        self.spin_cycles = np.int64(clock_khz * spin_ms)
+        try:
+            self.spin = cp.RawKernel(SPIN_KERNEL, "spin")
+            self.spin((1,), (1,), (self.spin_cycles,))
+            cp.cuda.Device().synchronize()
+        except Exception:           # no runtime compiler: time with the launch overhead
+            self.spin = None
 
     def __call__(self, fn):
         cp = self.cp
@@ -58,6 +79,8 @@ class EventTimer:
         times = []
         for i in range(self.repeats):
             self.flush.fill(float(i))
+            if self.spin is not None:
+                self.spin((1,), (1,), (self.spin_cycles,))
             self.start.record()
             fn()
             self.end.record()
