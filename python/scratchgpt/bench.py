@@ -80,7 +80,7 @@ def run_cpu(args, budget, log):
         log(f"CPU: end to end, {args.preset} B={args.batch} T={args.seq}, {threads} threads")
         section[END_TO_END] = cpu.cpu_end_to_end(cfg, args.batch, args.seq, steps=args.steps,
                                                  warmup=args.warmup, threads=threads)
-        section[END_TO_END]["preset"] = args.preset
+        section[END_TO_END].update(preset=args.preset, threads_source=source)
         log("CPU: host executor, one nano step")
         section["host_executor"] = cpu.host_nano_step()
         if args.profile:
