@@ -32,6 +32,7 @@
 
 #include <pthread.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -358,9 +359,10 @@ public:
         return m;
     }
 
+    // Abandon the block: its fibers are never resumed (their stacks are reused by the next one).
     [[noreturn]] void fail(std::string message) {
         error = str("block (", block_idx.x, ",", block_idx.y, ",", block_idx.z, "): ", message);
-        message.clear();
+        std::string().swap(message);   // this frame is never unwound: free the text now
         failed = true;
         stacks_dirty_ = true;
         abandon_to_main();
@@ -562,7 +564,7 @@ public:
         static Pool pool;
         return pool;
     }
-    int threads() const { return (int)threads_.size() + 1; }
+    int threads() const { return getpid() == owner_pid_ ? (int)threads_.size() + 1 : 1; }
 
     void run(const Launch& L) {
         std::lock_guard<std::mutex> serial(launch_mutex_);
@@ -573,7 +575,9 @@ public:
         next_block_.store(0);
         failed_.store(false);
         error_.clear();
-        const int helpers = (int)std::min<int64_t>(threads_.size(), blocks - 1);
+        // A forked child has the pool's memory but not its threads: it runs every block itself.
+        const bool forked = getpid() != owner_pid_;
+        const int helpers = forked ? 0 : (int)std::min<int64_t>(threads_.size(), blocks - 1);
         {
             std::lock_guard<std::mutex> lock(m_);
             active_ = helpers;
@@ -603,6 +607,8 @@ private:
     std::atomic<int64_t> next_block_{0};
     std::atomic<bool> failed_{false};
     std::string error_;
+
+    pid_t owner_pid_ = getpid();
 
     Pool() {
         const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
