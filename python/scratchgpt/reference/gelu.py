@@ -16,23 +16,23 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def forward(x, approximate="tanh"):
-    """x [...] -> out [...], cache (x, approximate)."""
+    """x [...] -> out [...], cache (x, approximate, tanh(u) or None)."""
     check_float("x", x)
     if approximate == "tanh":
-        u = SQRT_2_OVER_PI * (x + GELU_COEF * x ** 3)          # (1)
-        out = 0.5 * x * (1.0 + np.tanh(u))                     # (2)
-    elif approximate == "none":
+        # x * x * x, not x ** 3: NumPy's float32 power is ~100x slower than two multiplies
+        u = SQRT_2_OVER_PI * (x + GELU_COEF * (x * x * x))    # (1)
+        th = np.tanh(u)
+        out = 0.5 * x * (1.0 + th)                             # (2)
+        return out, (x, approximate, th)                       # tanh(u) kept: the backward needs it
+    if approximate == "none":
         out = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(x.dtype))
-    else:
-        raise ValueError(f"approximate: expected 'tanh' or 'none', got {approximate!r}")
-    return out, (x, approximate)
+        return out, (x, approximate, None)
+    raise ValueError(f"approximate: expected 'tanh' or 'none', got {approximate!r}")
 
 
 def backward(dout, cache):
-    x, approximate = cache
+    x, approximate, th = cache
     if approximate == "tanh":
-        u = SQRT_2_OVER_PI * (x + GELU_COEF * x ** 3)
-        th = np.tanh(u)
         du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF * x * x)  # (3)
         grad = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du   # (4)
     else:

@@ -19,17 +19,19 @@ def forward(x, weight, bias=None):
         check_float("bias", bias)
         check_shape("bias", bias, (weight.shape[0],))
     check_same_dtype(("x", "weight", "bias"), x, weight, bias)
-    out = x @ weight.T                                         # (1)
+    # matmuls on 2-D views: NumPy's stacked (3-D @ 2-D) product is many times slower
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2 @ weight.T                                        # (1)
     if bias is not None:
         out += bias                                            # (2)
-    return out, (x, weight, bias is not None)
+    return out.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
 
 
 def backward(dout, cache):
     """-> dx [..., IN], dweight [OUT, IN], dbias [OUT] (None when the layer has no bias)."""
     x, weight, has_bias = cache
-    dx = dout @ weight                                         # (3) dy W
     d2 = dout.reshape(-1, dout.shape[-1])
+    dx = (d2 @ weight).reshape(x.shape)                        # (3) dy W
     dweight = d2.T @ x.reshape(-1, x.shape[-1])                # (4) dy^T x
     dbias = d2.sum(axis=0) if has_bias else None               # (5)
     return dx, dweight, dbias
