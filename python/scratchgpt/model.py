@@ -11,7 +11,7 @@ mlp(h) = c_proj(gelu(c_fc(h)))
 
 What a forward keeps for the backward, per layer: the input of each layer norm with its
 mean and rstd, the inputs of the four linears (LN outputs, the attention output, the GELU
-output), the GELU input, q, k, v and the attention probabilities (B*H*T*T; the reference
+output), the GELU input and its tanh, q, k, v and the attention probabilities (B*H*T*T; the reference
 materialises them, a fused kernel keeps only the log-sum-exp), and the dropout masks.
 Model-wide: the ids, the final hidden state, the logits and the per-row log-sum-exp.
 """
