@@ -451,7 +451,12 @@ private:
         __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
         Worker& w = *current_worker();
-        w.launch->entry(w.launch->args);
+        try {
+            w.launch->entry(w.launch->args);
+        } catch (const std::exception& e) {   // caught on this fiber's stack, never unwound past it
+            const uint3 t = w.fibers_[w.current_].thread_idx;
+            w.fail(str("thread (", t.x, ",", t.y, ",", t.z, ") threw: ", e.what()));
+        }
         w.exit_current();
     }
 
