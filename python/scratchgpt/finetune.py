@@ -166,30 +166,43 @@ def classify(model, head, seqs, pad_id, batch_size):
 WORD_RE = re.compile(r"[a-z0-9']+")
 
 
-def bag_of_words(texts, vocab=None):
-    """Binary word-presence features [N, |vocab|]; the vocabulary from these texts if None."""
-    words = [set(WORD_RE.findall(t.lower())) for t in texts]
-    if vocab is None:
-        vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
-    X = np.zeros((len(texts), len(vocab)))
-    for r, ws in enumerate(words):
-        X[r, [vocab[w] for w in ws if w in vocab]] = 1.0
-    return X, vocab
+class BagOfWords:
+    """Binary word-presence features, kept sparse: the (row, word) pairs that are 1."""
+
+    def __init__(self, texts, vocab=None):
+        words = [sorted(set(WORD_RE.findall(t.lower()))) for t in texts]
+        if vocab is None:
+            vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+        self.vocab, self.n_rows = vocab, len(texts)
+        pairs = [(r, vocab[w]) for r, ws in enumerate(words) for w in ws if w in vocab]
+        self.rows = np.array([r for r, _ in pairs], dtype=np.int64)
+        self.cols = np.array([c for _, c in pairs], dtype=np.int64)
+
+    def matmul(self, W):
+        """X @ W for W [|vocab|, K]."""
+        return np.stack([np.bincount(self.rows, W[self.cols, k], minlength=self.n_rows)
+                         for k in range(W.shape[1])], axis=1)
+
+    def rmatmul(self, dz):
+        """X^T @ dz for dz [N, K]."""
+        return np.stack([np.bincount(self.cols, dz[self.rows, k], minlength=len(self.vocab))
+                         for k in range(dz.shape[1])], axis=1)
 
 
 def logistic_regression(X, y, n_classes, l2=1e-3, steps=300, lr=0.1):
-    """Multinomial logistic regression with an L2 penalty, fitted by full-batch Adam.
-    Returns (W [F, K], b [K])."""
-    N, F = X.shape
+    """Multinomial logistic regression with an L2 penalty on a BagOfWords X, fitted by
+    full-batch Adam. Returns (W [F, K], b [K])."""
+    N, F = X.n_rows, len(X.vocab)
     W, b = np.zeros((F, n_classes)), np.zeros(n_classes)
     onehot = np.eye(n_classes)[y]
     state = [np.zeros_like(W), np.zeros_like(W), np.zeros_like(b), np.zeros_like(b)]
     for t in range(1, steps + 1):
-        z = X @ W + b
+        z = X.matmul(W) + b
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         dz = (p - onehot) / N
-        for g, (m, v), param in ((X.T @ dz + l2 * W, state[:2], W), (dz.sum(0), state[2:], b)):
+        grads = ((X.rmatmul(dz) + l2 * W, state[:2], W), (dz.sum(0), state[2:], b))
+        for g, (m, v), param in grads:
             m *= 0.9
             m += 0.1 * g
             v *= 0.999
@@ -199,10 +212,11 @@ def logistic_regression(X, y, n_classes, l2=1e-3, steps=300, lr=0.1):
 
 
 def baseline_accuracy(train_texts, train_y, test_texts, test_y, n_classes):
-    X, vocab = bag_of_words(train_texts)
+    """Held-out accuracy of a bag-of-words logistic regression (vocabulary: the train texts)."""
+    X = BagOfWords(train_texts)
     W, b = logistic_regression(X, np.asarray(train_y), n_classes)
-    Xt, _ = bag_of_words(test_texts, vocab)
-    return float(np.mean((Xt @ W + b).argmax(axis=1) == np.asarray(test_y)))
+    Xt = BagOfWords(test_texts, X.vocab)
+    return float(np.mean((Xt.matmul(W) + b).argmax(axis=1) == np.asarray(test_y)))
 
 
 # ------------------------------------------------------------------------------ pretraining
