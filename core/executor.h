@@ -86,6 +86,9 @@ struct dim3 {
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct uint3 { unsigned x, y, z; };
+inline std::ostream& operator<<(std::ostream& os, const uint3& t) {
+    return os << "(" << t.x << "," << t.y << "," << t.z << ")";
+}
 struct alignas(8) float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) int2 { int x, y; };
@@ -106,7 +109,7 @@ namespace scratch::host {
 // scratch_fiber_switch(save, load): push the callee-saved registers, store the stack pointer in
 // *save, load `load` as the stack pointer, pop, return into the other context. A naked inline
 // function: one copy per module however many translation units include this header (LTO too).
-extern "C" __attribute__((naked, noinline)) inline void scratch_fiber_switch(void** save_sp, void* load_sp) {
+extern "C" __attribute__((naked, noinline)) inline void scratch_fiber_switch(void** /*save_sp*/, void* /*load_sp*/) {
     asm volatile(
         "pushq %rbp\n\t"
         "pushq %rbx\n\t"
@@ -282,7 +285,10 @@ public:
             f.state = State::Runnable;
             f.thread_idx = {i % bx, (i / bx) % by, i / (bx * by)};
             f.asan_fake_stack = nullptr;
-            context_make(f.ctx, f.stack, f.stack_bytes, &Worker::fiber_main);
+            // Colour the stack tops: at a power-of-two stride every fiber's hot frames would
+            // fall in the same cache sets and evict each other at every switch.
+            context_make(f.ctx, f.stack, f.stack_bytes - kStackColour * (i % kStackColours),
+                         &Worker::fiber_main);
         }
         current_ = 0;
         current_fiber() = &fibers_[0];
@@ -294,15 +300,15 @@ public:
     void syncthreads(const char* site) {
         Fiber& self = fibers_[current_];
         if (live_ < n_)
-            fail(str("__syncthreads() at ", site, " reached by thread ", who(self), " after ",
-                     n_ - live_, " thread(s) of the block exited: every thread of the block must "
-                     "reach each barrier"));
+            failf("__syncthreads() at ", site, " reached by thread ", self.thread_idx, " after ",
+                  n_ - live_, " thread(s) of the block exited: every thread of the block must "
+                  "reach each barrier");
         if (barrier_arrived_ == 0) {
             barrier_site_ = site;
         } else if (std::strcmp(site, barrier_site_) != 0) {
-            fail(str("divergent __syncthreads(): thread ", who(self), " reached the barrier at ",
-                     site, " while ", barrier_arrived_, " thread(s) wait at the one at ",
-                     barrier_site_));
+            failf("divergent __syncthreads(): thread ", self.thread_idx, " reached the barrier at ",
+                  site, " while ", barrier_arrived_, " thread(s) wait at the one at ",
+                  barrier_site_);
         }
         if (++barrier_arrived_ == n_) {      // the last to arrive releases the block
             barrier_arrived_ = 0;
@@ -322,13 +328,13 @@ public:
         const int lanes = std::min(32, n_ - base);
         const unsigned existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u;
         if (!((mask >> lane) & 1u))
-            fail(str(warp_op_name(op), " called by lane ", lane, " of thread ", who(self),
-                     " with mask 0x", hex(mask), ", which does not include the calling lane"));
+            failf(warp_op_name(op), " called by lane ", lane, " of thread ", self.thread_idx,
+                  " with mask ", Hex{mask}, ", which does not include the calling lane");
         if (mask & ~existing)
-            fail(str(warp_op_name(op), " mask 0x", hex(mask), " names lanes that do not exist: ",
-                     "this warp has ", lanes, " lane(s) (", n_, " threads per block)"));
+            failf(warp_op_name(op), " mask ", Hex{mask}, " names lanes that do not exist: ",
+                  "this warp has ", lanes, " lane(s) (", n_, " threads per block)");
         if (width <= 0 || width > 32 || (width & (width - 1)))
-            fail(str(warp_op_name(op), ": width must be a power of two <= 32, got ", width));
+            failf(warp_op_name(op), ": width must be a power of two <= 32, got ", width);
         self.op = op;
         self.mask = mask;
         self.value = value;
@@ -338,8 +344,8 @@ public:
         WarpState& warp = warps_[base >> 5];
         if (mask & warp.exited) {
             const int l = __builtin_ctz(mask & warp.exited);
-            fail(str(warp_op_name(op), " with mask 0x", hex(mask), " by thread ", who(self),
-                     ": lane ", l, " of the mask already exited"));
+            failf(warp_op_name(op), " with mask ", Hex{mask}, " by thread ", self.thread_idx,
+                  ": lane ", l, " of the mask already exited");
         }
         warp.arrived |= 1u << lane;
         if ((warp.arrived & mask) != mask) {   // someone is missing: wait for them
@@ -385,18 +391,26 @@ private:
 
     static size_t page_bytes() { return 4096; }
     static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
-    static std::string hex(unsigned v) {
-        char buf[16];
-        std::snprintf(buf, sizeof buf, "%08x", v);
-        return buf;
-    }
-    static std::string who(const Fiber& f) {
-        return str("(", f.thread_idx.x, ",", f.thread_idx.y, ",", f.thread_idx.z, ")");
+    struct Hex {   // a lane mask, printed as 0x0000ffff
+        unsigned v;
+        friend std::ostream& operator<<(std::ostream& os, Hex h) {
+            char buf[16];
+            std::snprintf(buf, sizeof buf, "0x%08x", h.v);
+            return os << buf;
+        }
+    };
+    // The message is built here, out of line, so that the hot paths that may fail keep small frames.
+    template <typename... Parts>
+    [[noreturn]] __attribute__((noinline, cold)) void failf(const Parts&... parts) {
+        fail(str(parts...));
     }
 
     // Stacks are mapped once, with a guard page below each, and kept for every later block.
+    static constexpr size_t kStackColour = 64 + 16;   // a cache line and a bit: spreads sets
+    static constexpr size_t kStackColours = 192;     // up to 15 KiB of offset
+
     void grow(int n) {
-        const size_t bytes = fiber_stack_bytes();
+        const size_t bytes = fiber_stack_bytes() + kStackColour * kStackColours;
         while ((int)fibers_.size() < n) {
             void* p = mmap(nullptr, bytes + page_bytes(), PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -455,7 +469,7 @@ private:
             w.launch->entry(w.launch->args);
         } catch (const std::exception& e) {   // caught on this fiber's stack, never unwound past it
             const uint3 t = w.fibers_[w.current_].thread_idx;
-            w.fail(str("thread (", t.x, ",", t.y, ",", t.z, ") threw: ", e.what()));
+            w.failf("thread ", t, " threw: ", e.what());
         }
         w.exit_current();
     }
@@ -464,15 +478,15 @@ private:
         Fiber& self = fibers_[current_];
         const int lane = current_ & 31, base = current_ - lane;
         if (barrier_arrived_ > 0)
-            fail(str("thread ", who(self), " exited while ", barrier_arrived_,
-                     " thread(s) wait at __syncthreads() at ", barrier_site_,
-                     ": every thread of the block must reach each barrier"));
+            failf("thread ", self.thread_idx, " exited while ", barrier_arrived_,
+                  " thread(s) wait at __syncthreads() at ", barrier_site_,
+                  ": every thread of the block must reach each barrier");
         for (unsigned waiting = warps_[base >> 5].arrived; waiting; waiting &= waiting - 1) {
             const int l = __builtin_ctz(waiting);
             const Fiber& f = fibers_[base + l];
             if ((f.mask >> lane) & 1u)
-                fail(str("lane ", lane, " (thread ", who(self), ") exited, but lane ", l,
-                         " waits for it at ", warp_op_name(f.op), " with mask 0x", hex(f.mask)));
+                failf("lane ", lane, " (thread ", self.thread_idx, ") exited, but lane ", l,
+                      " waits for it at ", warp_op_name(f.op), " with mask ", Hex{f.mask});
         }
         self.state = State::Done;
         warps_[base >> 5].exited |= 1u << lane;
@@ -483,13 +497,27 @@ private:
         __builtin_unreachable();
     }
 
-    // The running fiber cannot continue: run the next runnable one, in round-robin order.
+    // The running fiber cannot continue: run the next runnable one. Lanes of the same warp come
+    // first (its 32 stacks stay in L1 while the warp runs from one warp operation to the next),
+    // then the following warps in round-robin order.
     void schedule() {
         if (runnable_ == 0) fail(describe_deadlock());
-        int next = current_;
-        do {
-            next = next + 1 == n_ ? 0 : next + 1;
-        } while (fibers_[next].state != State::Runnable);
+        const int lane = current_ & 31, base = current_ - lane;
+        const int lanes = std::min(32, n_ - base);
+        int next = -1;
+        for (int k = 1; k <= lanes; ++k) {
+            const int l = lane + k < lanes ? lane + k : lane + k - lanes;
+            if (fibers_[base + l].state == State::Runnable) {
+                next = base + l;
+                break;
+            }
+        }
+        if (next < 0) {
+            next = base + lanes - 1;
+            do {
+                next = next + 1 == n_ ? 0 : next + 1;
+            } while (fibers_[next].state != State::Runnable);
+        }
         Fiber& self = fibers_[current_];
         current_ = next;
         current_fiber() = &fibers_[next];
@@ -502,9 +530,9 @@ private:
             if (!((mask >> l) & 1u)) continue;
             const Fiber& f = fibers_[base + l];
             if (f.mask != mask || f.op != op)
-                fail(str("warp operations disagree: lane ", current_ & 31, " calls ",
-                         warp_op_name(op), " with mask 0x", hex(mask), " while lane ", l,
-                         " waits at ", warp_op_name(f.op), " with mask 0x", hex(f.mask)));
+                failf("warp operations disagree: lane ", current_ & 31, " calls ",
+                      warp_op_name(op), " with mask ", Hex{mask}, " while lane ", l,
+                      " waits at ", warp_op_name(f.op), " with mask ", Hex{f.mask});
         }
         warps_[base >> 5].arrived &= ~mask;
         unsigned votes = 0;
@@ -530,8 +558,8 @@ private:
                 case WarpOp::SyncWarp: f.result = 0; break;
                 default:
                     if (!((mask >> src) & 1u))
-                        fail(str(warp_op_name(op), ": lane ", l, " reads lane ", src,
-                                 ", which is not in the mask 0x", hex(mask)));
+                        failf(warp_op_name(op), ": lane ", l, " reads lane ", src,
+                              ", which is not in the mask ", Hex{mask});
                     f.result = fibers_[base + src].value;
             }
             if (f.state == State::AtWarp && base + l != current_) ++runnable_;
@@ -551,8 +579,8 @@ private:
                 for (int l = 0; l < 32; ++l)
                     if (((f.mask >> l) & 1u) && fibers_[base + l].state != State::AtWarp)
                         missing |= 1u << l;
-                warps = str("; warp ", i / 32, " waits at ", warp_op_name(f.op), " with mask 0x",
-                            hex(f.mask), " for lanes 0x", hex(missing), " that never arrive");
+                warps = str("; warp ", i / 32, " waits at ", warp_op_name(f.op), " with mask ",
+                            Hex{f.mask}, " for lanes ", Hex{missing}, " that never arrive");
             }
         }
         return str("no thread can proceed (", live_, " of ", n_, " threads still running; ",
@@ -725,7 +753,7 @@ inline T* dynamic_shared() { return static_cast<T*>(worker().dynamic_smem()); }
 // Raise from inside a kernel: the launch fails with this message (kernel, block, thread named).
 [[noreturn]] inline void device_fail(const std::string& message) {
     const uint3 t = current_fiber()->thread_idx;
-    worker().fail(str("thread (", t.x, ",", t.y, ",", t.z, "): ", message));
+    worker().fail(str("thread ", t, ": ", message));
 }
 
 }  // namespace scratch::host
