@@ -13,7 +13,7 @@ from scratchgpt.checkpoint import find_checkpoint, list_checkpoints, load_model
 from scratchgpt.model import GPT
 from scratchgpt.train import TrainingDiverged, lr_at, parse_args, resolve_backend, train
 
-# 20 distinct characters, fits nano's 32-token vocabulary with the char tokenizer
+# 17 distinct characters: the char tokenizer and the model get a 17-token vocabulary
 TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
 
 
@@ -40,7 +40,7 @@ def test_train_cli_reduces_loss_and_prints_json_summary(text_file, tmp_path, cap
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 30 and summary["backend"] == "numpy"
     assert summary["tokens_per_s"] > 0
-    # 20 equally likely characters at the start: log(20) ~ 3.0; the text is very repetitive
+    # 17 equally likely characters at the start: log(17) ~ 2.8; the text is very repetitive
     assert summary["first_loss"] > 2.5 and summary["final_val_loss"] < 0.8 * summary["first_loss"]
     assert os.path.isfile(tmp_path / "loss.png")
     assert os.path.basename(find_checkpoint(tmp_path)) == "ckpt_000030"
@@ -134,3 +134,19 @@ def test_backend_auto_is_numpy_without_a_gpu():
         pass
     assert resolve_backend("auto") == "numpy"
     assert resolve_backend("numpy") == "numpy"
+
+
+def test_train_on_llmc_shards_folder(text_file, tmp_path):
+    from scratchgpt.data import prepare_data
+    from scratchgpt.tokenizer import CharTokenizer
+    tok = CharTokenizer.train(TEXT)
+    prepare_data([TEXT], tok, tmp_path / "shards")
+    tok.save(tmp_path / "shards")
+    args = parse_args(["--preset", "nano", "--data", str(tmp_path / "shards"), "--out",
+                       str(tmp_path / "run"), "--max-steps", "3", "--no-progress",
+                       "--eval-iters", "1"])
+    summary = train(args)
+    model, _, loaded_tok, _ = load_model(tmp_path / "run")
+    assert loaded_tok.chars == tok.chars                  # the shards' tokenizer travels along
+    assert model.cfg.vocab_size == tok.vocab_size         # without --vocab-size: the tokenizer's
+    assert summary["steps_run"] == 3 and np.isfinite(summary["final_val_loss"])
