@@ -150,3 +150,23 @@ def test_train_on_llmc_shards_folder(text_file, tmp_path):
     assert loaded_tok.chars == tok.chars                  # the shards' tokenizer travels along
     assert model.cfg.vocab_size == tok.vocab_size         # without --vocab-size: the tokenizer's
     assert summary["steps_run"] == 3 and np.isfinite(summary["final_val_loss"])
+
+
+def test_non_finite_gradient_stops_before_any_checkpoint_holds_it(text_file, tmp_path,
+                                                                  monkeypatch):
+    real_backward = GPT.backward
+    calls = {"n": 0}
+
+    def backward(self, *args, **kwargs):
+        grads = real_backward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:                                  # step 6 ends on a checkpoint
+            grads["h.0.mlp.c_fc.weight"][0, 0] = np.inf
+        return grads
+
+    monkeypatch.setattr(GPT, "backward", backward)
+    with pytest.raises(TrainingDiverged, match=r"step 6.*ckpt_000003"):
+        train(nano_args(text_file, tmp_path, "--max-steps", "10"))
+    model, state, _, _ = load_model(tmp_path)
+    assert state["step"] == 3
+    assert all(np.isfinite(v).all() for v in model.params.values())

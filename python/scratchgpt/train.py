@@ -334,6 +334,8 @@ def train(args, extra_docs=()):
                         grads[k] += g[k]
                 loss_sum += loss / args.grad_accum
             norm = opt.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
+            if not math.isfinite(float(norm)):
+                raise TrainingDiverged(step)       # the update just applied is not finite
             step_time += time.perf_counter() - t0
             steps_timed += 1
             first_loss = loss_sum if first_loss is None else first_loss
@@ -353,7 +355,8 @@ def train(args, extra_docs=()):
         bar.close()
         kept = list_checkpoints(out)
         raise TrainingDiverged(
-            f"training stopped: the loss is not finite (NaN or Inf) at step {e.args[0] + 1}; "
+            f"training stopped: the loss or gradient is not finite (NaN or Inf) at step "
+            f"{e.args[0] + 1}; "
             f"lower --lr or raise --warmup-steps. The last good checkpoint is "
             f"{kept[-1] if kept else 'none (no checkpoint was written yet)'}") from None
     bar.close()
