@@ -272,11 +272,12 @@ public:
         // A finished fiber never returns from fiber_main, so the redzones of its last frames stay
         // poisoned at the top of its stack (after an error, anywhere in it): clear them before
         // the stack is reused, or ASan reports the next block's frames.
-        const size_t reused = stacks_dirty_ ? fiber_stack_bytes() : std::min<size_t>(fiber_stack_bytes(), 16384);
-        for (int i = 0; i < n; ++i)
-            __asan_unpoison_memory_region(fibers_[i].stack + fibers_[i].stack_bytes - reused, reused);
-        if (stacks_dirty_)
-            for (Fiber& f : fibers_) __asan_unpoison_memory_region(f.stack, f.stack_bytes);
+        for (int i = 0; i < (stacks_dirty_ ? (int)fibers_.size() : n); ++i) {
+            const Fiber& f = fibers_[i];
+            const size_t top = std::min(f.stack_bytes, kStackColour * kStackColours + 16384);
+            const size_t bytes = stacks_dirty_ ? f.stack_bytes : top;
+            __asan_unpoison_memory_region(f.stack + f.stack_bytes - bytes, bytes);
+        }
         stacks_dirty_ = false;
 #endif
         const unsigned bx = L.block.x, by = L.block.y;
