@@ -265,15 +265,15 @@ def train(args, extra_docs=()):
     out = args.out
     os.makedirs(out, exist_ok=True)
 
+    # the tokenizer is trained to the preset's (or --vocab-size's) size; a resumed run asks
+    # for the same, so it finds the cached data of its first run
+    data = prepare_run_data(args, build_config(args).vocab_size, os.path.join(out, "data"),
+                            extra_docs)
+    tok, train_tokens, val_tokens = data
     if ckpt is not None:
         model, state, tok, _ = load_model(ckpt, backend=backend)
         cfg = model.cfg
-        _, train_tokens, val_tokens = prepare_run_data(args, cfg.vocab_size,
-                                                       os.path.join(out, "data"), extra_docs)
     else:
-        vocab = build_config(args).vocab_size
-        tok, train_tokens, val_tokens = prepare_run_data(args, vocab, os.path.join(out, "data"),
-                                                         extra_docs)
         cfg = build_config(args, tok.vocab_size if tok is not None else None)
         model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed)
         state = {"step": 0}
