@@ -336,9 +336,9 @@ def add_arguments(p):
                    "small model on the texts and the default corpus first)")
     p.add_argument("--lm-weight", type=float, default=0.5, help="lambda of the auxiliary "
                    "language-modelling loss (default 0.5, as GPT-1)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 0.2%% of the steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--dropout", type=float, default=0.1, help="dropout while fine-tuning")
