@@ -594,9 +594,12 @@ private:
 // Blocks are handed out by an atomic counter to the caller and the pool's threads.
 class Pool {
 public:
+    // Never destroyed: at exit its threads just wait, and a forked child, which has the pool's
+    // memory (condition variables with the parent's waiters) but not its threads, must not
+    // tear it down.
     static Pool& instance() {
-        static Pool pool;
-        return pool;
+        static Pool* pool = new Pool();
+        return *pool;
     }
     int threads() const { return getpid() == owner_pid_ ? (int)threads_.size() + 1 : 1; }
 
@@ -635,7 +638,6 @@ private:
     std::condition_variable cv_start_, cv_done_;
     uint64_t generation_ = 0;
     int active_ = 0, helpers_wanted_ = 0, helpers_taken_ = 0;
-    bool stop_ = false;
     const Launch* job_ = nullptr;
     int64_t blocks_ = 0;
     std::atomic<int64_t> next_block_{0};
@@ -649,15 +651,6 @@ private:
         const size_t n = env_size("SCRATCH_HOST_THREADS", std::min(cores, 8u));
         for (size_t i = 1; i < n; ++i) threads_.emplace_back([this] { loop(); });
     }
-    ~Pool() {
-        {
-            std::lock_guard<std::mutex> lock(m_);
-            stop_ = true;
-        }
-        cv_start_.notify_all();
-        for (std::thread& t : threads_) t.join();
-    }
-
     static Worker& this_worker() {
         static thread_local Worker worker;
         current_worker() = &worker;
@@ -690,9 +683,8 @@ private:
             {
                 std::unique_lock<std::mutex> lock(m_);
                 cv_start_.wait(lock, [&] {
-                    return stop_ || (generation_ != seen && helpers_taken_ < helpers_wanted_);
+                    return generation_ != seen && helpers_taken_ < helpers_wanted_;
                 });
-                if (stop_) return;
                 seen = generation_;
                 ++helpers_taken_;
             }

@@ -199,3 +199,25 @@ def test_asan_stops_a_kernel_writing_out_of_bounds(host_runtime):
                          env=os.environ, timeout=120)
     assert run.returncode != 0
     assert "heap-buffer-overflow" in run.stderr and "heap_overflow_kernel" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_launches_and_exits_cleanly(host_runtime):
+    """A child forked after the pool started has none of its threads: it must still run
+    launches, and exit without waiting for them."""
+    x = np.arange(128, dtype=np.float32)
+    out = np.full((6, 128), np.nan, np.float32)
+    host_runtime.lib.exec_test_shuffles(out, x, 64, 32, 3, 5)   # the pool is up
+    code = ("import os, sys, numpy as np\n"
+            "from scratchgpt.kernels import load\n"
+            "lib = load('host')\n"
+            "x = np.arange(128, dtype=np.float32); out = np.zeros((6, 128), np.float32)\n"
+            "lib.exec_test_shuffles(out, x, 64, 32, 3, 5)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    again = np.zeros_like(out); lib.exec_test_shuffles(again, x, 64, 32, 3, 5)\n"
+            "    sys.exit(0 if (again == out).all() else 3)\n"
+            "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    run = subprocess.run([sys.executable, "-c", code], env=os.environ, timeout=60)
+    assert run.returncode == 0
+    np.testing.assert_array_equal(out, lanes_expected(x, 32, 3, 5))
