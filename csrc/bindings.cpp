@@ -142,9 +142,12 @@ py::dict build_info() {
     if (status != cudaSuccess || count == 0) {
         cudaGetLastError();
         d["available"] = false;
-        d["reason"] = status != cudaSuccess
-                          ? std::string("no device: ") + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")"
-                          : std::string("no device: no CUDA GPU found");
+        std::string why = "no CUDA GPU found";
+        if (status == cudaErrorInsufficientDriver)
+            why = "no NVIDIA driver, or one older than the CUDA " + d["cuda_runtime"].cast<std::string>() + " runtime";
+        if (status != cudaSuccess)
+            why += std::string(" (") + cudaGetErrorName(status) + ": " + cudaGetErrorString(status) + ")";
+        d["reason"] = "no device: " + why;
         d["device"] = py::none();
     } else {
         int device = 0;
