@@ -234,3 +234,20 @@ def test_cuda_fallback_round_trips_through_the_host():
     adamw.update(param, grad, m, v, step=1, lr=0.1)
     for got, want in zip(device, (param, grad, m, v)):
         np.testing.assert_array_equal(got.view(np.ndarray), want)
+
+
+def test_a_missing_cuda_module_is_reported_not_raised(monkeypatch):
+    """Built without CUDA (no nvcc, or SCRATCHGPT_NO_CUDA=1): info says so, get_backend raises."""
+    import scratchgpt.kernels as kernels
+    from scratchgpt.ops import get_backend
+
+    def no_cuda(backend):
+        raise ImportError(f"No module named 'scratchgpt.kernels._{backend}'")
+
+    monkeypatch.setattr(kernels, "_MODULES", {})
+    monkeypatch.setattr(kernels, "_import", no_cuda)
+    status = kernels.backend_status("cuda")
+    assert status["built"] is False and status["available"] is False and status["device"] is None
+    assert "not built" in status["reason"] and "SCRATCHGPT_NO_CUDA" in status["reason"]
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: the cuda kernel module is not built"):
+        get_backend("cuda")
