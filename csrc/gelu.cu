@@ -9,7 +9,8 @@
 // 4 out): a grid-stride loop where each thread moves one float4 per iteration (coalesced 512 B
 // per warp) when the pointers are 16-byte aligned, then the n % 4 tail element by element; a
 // scalar loop when they are not (csrc/elementwise.h). The transcendental (tanhf / erff, expf)
-// is cheap next to the memory traffic. The output may be the input itself (in place).
+// is cheap next to the memory traffic.
+// Tails: see gelu() below. The output may be the input itself (in place).
 #include "core/kernel.h"
 #include "csrc/elementwise.h"
 #include "csrc/launchers.h"
@@ -22,20 +23,24 @@ constexpr float kGeluCoef = 0.044715f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
+// Written so that neither tail cancels in float32: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)) and
+// 0.5 (1 + erf z) = 0.5 erfc(-z). (1 + tanhf(u) is 0 for u < -9, where GELU is still ~1e-8 x.)
 template <bool kExact>
 __device__ __forceinline__ float gelu(float x) {
-    if (kExact) return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
+    if (kExact) return 0.5f * x * erfcf(-x * kInvSqrt2);
     const float u = kSqrt2OverPi * (x + kGeluCoef * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
+    return x / (1.0f + expf(-2.0f * u));
 }
 
+// tanh form: with s = 0.5 (1 + tanh u), 1 - tanh^2 u = 4 s (1 - s), so
+// d out/dx = s + 2 x s (1 - s) du/dx.
 template <bool kExact>
 __device__ __forceinline__ float gelu_grad(float x) {
-    if (kExact) return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+    if (kExact) return 0.5f * erfcf(-x * kInvSqrt2) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
     const float u = kSqrt2OverPi * (x + kGeluCoef * x * x * x);
-    const float t = tanhf(u);
+    const float s = 1.0f / (1.0f + expf(-2.0f * u));
     const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoef * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
 // Grid-stride over float4s [0, n/4) when kVec, then elements [first scalar, n).
