@@ -228,7 +228,8 @@ PYBIND11_MODULE(_host, m) {
                                 as_stream(stream));
           },
           "out"_a, "x"_a, "weight"_a, "bias"_a = py::none(), "version"_a = 2, "stream"_a = 0);
-    m.def("linear_backward_workspace", &k::linear_backward_workspace, "rows"_a, "out_features"_a);
+    m.def("linear_backward_workspace", &k::linear_backward_workspace, "rows"_a, "in_features"_a,
+          "out_features"_a);
     m.def("linear_backward",
           [](py::object dx, py::object dweight, py::object dbias, py::object workspace,
              py::object dout, py::object x, py::object weight, int version, uintptr_t stream) {

@@ -29,8 +29,9 @@ void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& d
 // version: 1 = the naive thread-per-output baseline, 2 = the tiled SGEMM (default).
 void linear_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
                     int version, Stream stream);
-// Floats of scratch space linear_backward needs for the bias gradient (per-chunk column sums).
-int64_t linear_backward_workspace(int64_t rows, int64_t out_features);
+// Floats of scratch space linear_backward needs: per-chunk column sums of dout for the bias
+// gradient, and split-K partial products (0 when neither is needed).
+int64_t linear_backward_workspace(int64_t rows, int64_t in_features, int64_t out_features);
 // dx = dout W, dweight = dout^T x, dbias = column sums of dout (skipped when dbias is null).
 void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbias,
                      const Tensor& workspace, const Tensor& dout, const Tensor& x,

@@ -35,6 +35,11 @@
 // flops: arithmetic intensity BM*BN / (2 (BM + BN)) = 32 flop/byte for 128-tiles, enough to be
 // compute-bound on an A100/H100 in fp32.
 //
+// Split-K (backward only, where the launcher has a workspace): when even 64-tiles leave the GPU
+// idle but K is long — dW = dy^T x of a [C, C] layer sums over all B*T rows — up to 16 blocks
+// share a tile, each over its own K range, writing [splits, M, N] partials that a second kernel
+// adds in split order (deterministic) with the bias.
+//
 // Version 1 — the baseline, kept for study: one thread per output element, a dot product over
 // K straight from global memory (block 32 x 8, threadIdx.x along n for coalesced B and C).
 // Every A and B element is re-read by each of the N (M) threads that need it, through L1/L2:
@@ -45,6 +50,8 @@
 // per chunk; a second kernel sums the partials in chunk order. No atomics: bit-identical runs.
 // (db costs one extra read of dy; folding it into the dW GEMM would save it but put a branch
 // into every block's inner loop for the one column of blocks that owns the sums.)
+#include <algorithm>
+
 #include "core/kernel.h"
 #include "csrc/launchers.h"
 
@@ -75,7 +82,7 @@ matmul_naive_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     for (int k = 0; k < K; ++k) {
         const float a = kAKMajor ? A[size_t(m) * lda + k] : A[size_t(k) * lda + m];
         const float b = kBKMajor ? B[size_t(n) * ldb + k] : B[size_t(k) * ldb + n];
-        acc = fmaf(a, b, acc);
+        acc += a * b;   // one FFMA (nvcc contracts; the host has no fmaf instruction by default)
     }
     C[size_t(m) * ldc + n] = bias ? acc + bias[n] : acc;
 }
@@ -161,7 +168,7 @@ template <class T, bool kAKMajor, bool kBKMajor, bool kVecA, bool kVecB>
 __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
 matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
                     const float* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
-                    bool vec_c) {
+                    int k_per_split, bool vec_c) {
     constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
     constexpr int kSubM = TM / 4, kSubN = TN / 4;             // 4 x 4 sub-tiles per thread
     constexpr int kStrideM = BM / kSubM, kStrideN = BN / kSubN;   // their spacing
@@ -173,6 +180,13 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     const int tid = threadIdx.x;
     const int tx = tid % T::kThreadCols, ty = tid / T::kThreadCols;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    // split-K: block z sums k in [z * k_per_split, +k_per_split) into its own slice of C
+    // (a multiple of BK: float4 alignment survives the offset)
+    const int k_begin = blockIdx.z * k_per_split;
+    K = min(K - k_begin, k_per_split);
+    A += kAKMajor ? size_t(k_begin) : size_t(k_begin) * lda;
+    B += kBKMajor ? size_t(k_begin) : size_t(k_begin) * ldb;
+    C += size_t(blockIdx.z) * M * ldc;
 
     float acc[TM][TN];
 SCRATCH_UNROLL
@@ -213,7 +227,7 @@ SCRATCH_UNROLL
 SCRATCH_UNROLL
             for (int i = 0; i < TM; ++i)
 SCRATCH_UNROLL
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];   // FFMA on the GPU
         }
         if (more) {   // the other buffer was last read before the previous barrier
             LoadA::store(reg_a, As[cur ^ 1], tid);
@@ -282,6 +296,20 @@ column_sum_finalize_kernel(float* __restrict__ db, const float* __restrict__ par
     db[c] = s;
 }
 
+// Split-K epilogue: C[m, n] = sum over z of partial[z][m][n] (+ bias[n]), z in order.
+__global__ void __launch_bounds__(kFinalizeThreads)
+split_k_reduce_kernel(float* __restrict__ C, const float* __restrict__ partial,
+                      const float* __restrict__ bias, int M, int N, int ldc, int splits) {
+    const int64_t count = int64_t(M) * N;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+        const int m = int(i / N), n = int(i % N);
+        float s = bias ? bias[n] : 0.0f;
+        for (int z = 0; z < splits; ++z) s += partial[z * count + i];
+        C[size_t(m) * ldc + n] = s;
+    }
+}
+
 // ------------------------------------------------------------------------------ dispatch
 // One GEMM problem: C[M, N] (+)= A B (+ bias), operands described as in the kernels.
 struct Gemm {
@@ -300,27 +328,68 @@ bool float4_ok(const float* p, int extent, int ld) {
     return extent % 4 == 0 && ld % 4 == 0 && is_aligned(p, 16);
 }
 
+// Split-K, for products whose output has too few tiles to fill the GPU but whose K is long
+// (dW = dy^T x: a [C, C] output summed over B*T rows): `splits` blocks share each tile, each
+// over its own K range, into a workspace [splits, M, N] that a second kernel sums in a fixed
+// order — deterministic, no atomics. Costs 2 * splits * M * N floats of extra traffic.
+constexpr int kSplitMinK = 256;   // each split runs at least this many k (>= 16 tile steps)
+constexpr int kMaxSplits = 16;
+
+struct Plan {
+    bool large;          // 128-tiles (else 64-tiles)
+    int splits;          // >= 1
+    int k_per_split;     // a multiple of the tile's BK
+};
+
+Plan plan_tiled(int M, int N, int K) {
+    if (M == 0 || N == 0) return {false, 1, K};   // nothing to compute
+    const int64_t large_blocks = int64_t(ceil_div(M, LargeTile::BM)) * ceil_div(N, LargeTile::BN);
+    if (large_blocks >= kLargeTileMinBlocks) return {true, 1, K};
+    const int64_t blocks = int64_t(ceil_div(M, SmallTile::BM)) * ceil_div(N, SmallTile::BN);
+    int64_t splits = std::min<int64_t>({kMaxSplits, K / kSplitMinK, ceil_div<int64_t>(kLargeTileMinBlocks, blocks)});
+    if (splits <= 1) return {false, 1, K};
+    const int k_per_split = int(ceil_div<int64_t>(ceil_div<int64_t>(K, splits), SmallTile::BK) * SmallTile::BK);
+    return {false, ceil_div(K, k_per_split), k_per_split};
+}
+
+int64_t split_k_floats(int M, int N, int K) {
+    const Plan p = plan_tiled(M, N, K);
+    return p.splits > 1 ? int64_t(p.splits) * M * N : 0;
+}
+
 template <class T, bool kAKMajor, bool kBKMajor, bool kVecA, bool kVecB>
-void launch_tiled_with(const char* name, const Gemm& g, cudaStream_t s) {
-    const bool vec_c = float4_ok(g.C, g.N, g.ldc);
+void launch_tiled_with(const char* name, const Gemm& g, const Plan& p, float* partial, cudaStream_t s) {
+    if (p.splits == 1) {
+        launch(name, matmul_tiled_kernel<T, kAKMajor, kBKMajor, kVecA, kVecB>,
+               dim3(ceil_div(g.N, T::BN), ceil_div(g.M, T::BM)), dim3(T::kThreads), 0, s,
+               g.C, g.A, g.B, g.bias, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.K, float4_ok(g.C, g.N, g.ldc));
+        return;
+    }
     launch(name, matmul_tiled_kernel<T, kAKMajor, kBKMajor, kVecA, kVecB>,
-           dim3(ceil_div(g.N, T::BN), ceil_div(g.M, T::BM)), dim3(T::kThreads), 0, s,
-           g.C, g.A, g.B, g.bias, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, vec_c);
+           dim3(ceil_div(g.N, T::BN), ceil_div(g.M, T::BM), p.splits), dim3(T::kThreads), 0, s,
+           partial, g.A, g.B, static_cast<const float*>(nullptr), g.M, g.N, g.K, g.lda, g.ldb, g.N,
+           p.k_per_split, float4_ok(partial, g.N, g.N));
+    const int64_t count = int64_t(g.M) * g.N;
+    launch("linear split-K reduce", split_k_reduce_kernel,
+           dim3(int(std::min<int64_t>(ceil_div<int64_t>(count, kFinalizeThreads), 1024))),
+           dim3(kFinalizeThreads), 0, s, g.C, static_cast<const float*>(partial), g.bias, g.M, g.N,
+           g.ldc, p.splits);
 }
 
 template <class T, bool kAKMajor, bool kBKMajor>
-void launch_tiled_shape(const char* name, const Gemm& g, cudaStream_t s) {
+void launch_tiled_shape(const char* name, const Gemm& g, const Plan& p, float* partial, cudaStream_t s) {
     // the contiguous extent of A is K (k-major) or M; of B, K or N
     const bool va = float4_ok(g.A, kAKMajor ? g.K : g.M, g.lda);
     const bool vb = float4_ok(g.B, kBKMajor ? g.K : g.N, g.ldb);
-    if (va && vb) launch_tiled_with<T, kAKMajor, kBKMajor, true, true>(name, g, s);
-    else if (va) launch_tiled_with<T, kAKMajor, kBKMajor, true, false>(name, g, s);
-    else if (vb) launch_tiled_with<T, kAKMajor, kBKMajor, false, true>(name, g, s);
-    else launch_tiled_with<T, kAKMajor, kBKMajor, false, false>(name, g, s);
+    if (va && vb) launch_tiled_with<T, kAKMajor, kBKMajor, true, true>(name, g, p, partial, s);
+    else if (va) launch_tiled_with<T, kAKMajor, kBKMajor, true, false>(name, g, p, partial, s);
+    else if (vb) launch_tiled_with<T, kAKMajor, kBKMajor, false, true>(name, g, p, partial, s);
+    else launch_tiled_with<T, kAKMajor, kBKMajor, false, false>(name, g, p, partial, s);
 }
 
+// `partial`: split_k_floats(M, N, K) floats of workspace, or null (then no split).
 template <bool kAKMajor, bool kBKMajor>
-void matmul(const char* name, const Gemm& g, int version, cudaStream_t s) {
+void matmul(const char* name, const Gemm& g, int version, float* partial, cudaStream_t s) {
     if (g.M == 0 || g.N == 0) return;
     if (version == 1) {
         launch(name, matmul_naive_kernel<kAKMajor, kBKMajor>,
@@ -329,9 +398,10 @@ void matmul(const char* name, const Gemm& g, int version, cudaStream_t s) {
                g.lda, g.ldb, g.ldc);
         return;
     }
-    const int64_t large_blocks = int64_t(ceil_div(g.M, LargeTile::BM)) * ceil_div(g.N, LargeTile::BN);
-    if (large_blocks >= kLargeTileMinBlocks) launch_tiled_shape<LargeTile, kAKMajor, kBKMajor>(name, g, s);
-    else launch_tiled_shape<SmallTile, kAKMajor, kBKMajor>(name, g, s);
+    Plan p = plan_tiled(g.M, g.N, g.K);
+    if (!partial) p = {p.large, 1, g.K};
+    if (p.large) launch_tiled_shape<LargeTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
+    else launch_tiled_shape<SmallTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
 }
 
 void check_version(int version) {
@@ -405,11 +475,15 @@ void linear_forward(const Tensor& out, const Tensor& x, const Tensor& weight, co
     const Gemm g{out.ptr<float>(), x.ptr<float>(), weight.ptr<float>(), bias ? bias->ptr<float>() : nullptr,
                  d.M, d.OUT, d.IN, /*lda*/ d.IN, /*ldb*/ d.IN, /*ldc*/ d.OUT};
     matmul<true, true>(version == 1 ? "linear_forward (v1 naive)" : "linear_forward (v2 tiled)", g,
-                       version, static_cast<cudaStream_t>(stream));
+                       version, nullptr, static_cast<cudaStream_t>(stream));
 }
 
-int64_t linear_backward_workspace(int64_t rows, int64_t out_features) {
-    return ceil_div<int64_t>(rows, kRowsPerChunk) * out_features;
+int64_t linear_backward_workspace(int64_t rows, int64_t in_features, int64_t out_features) {
+    const int M = to_int(rows, "rows"), IN = to_int(in_features, "in_features"),
+              OUT = to_int(out_features, "out_features");
+    // used one after another on the stream: db's partial sums, then each product's split-K slices
+    return std::max({ceil_div<int64_t>(M, kRowsPerChunk) * OUT, split_k_floats(M, IN, OUT),
+                     split_k_floats(OUT, IN, M)});
 }
 
 void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbias,
@@ -425,17 +499,18 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbia
     expect_same_device({&x, &weight, &dout, &dx, &dweight});
     expect_disjoint(dx, {&x, &weight, &dout, &dweight, dbias});
     expect_disjoint(dweight, {&x, &weight, &dout, dbias});
+    expect_output(workspace, DType::F32);
+    const int64_t need = linear_backward_workspace(d.M, d.IN, d.OUT);
+    if (workspace.numel() < need)
+        throw ValueError(str(workspace.name, ": expected at least ", need,
+                             " floats (linear_backward_workspace), got ", workspace.numel()));
+    expect_same_device({&x, &workspace});
+    expect_disjoint(workspace, {&x, &weight, &dout, &dx, &dweight, dbias});
     if (dbias) {
         expect_output(*dbias, DType::F32);
         expect_shape(*dbias, {d.OUT});
-        expect_output(workspace, DType::F32);
-        const int64_t need = linear_backward_workspace(d.M, d.OUT);
-        if (workspace.numel() < need)
-            throw ValueError(str(workspace.name, ": expected at least ", need, " floats, got ",
-                                 workspace.numel()));
-        expect_same_device({&x, dbias, &workspace});
-        expect_disjoint(*dbias, {&x, &weight, &dout, &workspace});
-        expect_disjoint(workspace, {&x, &weight, &dout, &dx, &dweight});
+        expect_same_device({&x, dbias});
+        expect_disjoint(*dbias, {&x, &weight, &dout});
     }
     check_version(version);
 
@@ -445,12 +520,12 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbia
     matmul<true, false>(naive ? "linear_backward_dx (v1 naive)" : "linear_backward_dx (v2 tiled)",
                         Gemm{dx.ptr<float>(), dout.ptr<float>(), weight.ptr<float>(), nullptr,
                              d.M, d.IN, d.OUT, d.OUT, d.IN, d.IN},
-                        version, s);
+                        version, workspace.ptr<float>(), s);
     // dW[OUT, IN] = dy[M, OUT]^T x[M, IN]: the contraction runs over the rows
     matmul<false, false>(naive ? "linear_backward_dweight (v1 naive)" : "linear_backward_dweight (v2 tiled)",
                          Gemm{dweight.ptr<float>(), dout.ptr<float>(), x.ptr<float>(), nullptr,
                               d.OUT, d.IN, d.M, d.OUT, d.IN, d.IN},
-                         version, s);
+                         version, workspace.ptr<float>(), s);
     if (dbias) {
         const int chunks = ceil_div(d.M, kRowsPerChunk);   // 0 rows: the finalize writes zeros
         if (chunks > 0)

@@ -43,7 +43,7 @@ def run_kernels(rt, x, weight, bias, dout, version=2, place=None):
     rows = int(np.prod(x.shape[:-1]))
     dx, dweight = poisoned(x.shape), poisoned(weight.shape)
     dbias = None if bias is None else poisoned((OUT,))
-    workspace = poisoned((lib.linear_backward_workspace(rows, OUT),))
+    workspace = poisoned((lib.linear_backward_workspace(rows, x.shape[-1], OUT),))
     lib.linear_backward(dx, dweight, dbias, workspace, dd, xd, wd, version, rt.stream())
     return [None if a is None else rt.asnumpy(a) for a in (out, dx, dweight, dbias)]
 
@@ -88,6 +88,18 @@ def test_edge_shapes(kernel_runtime, version, M, IN, OUT):
 def test_large_tiles(kernel_runtime, lead, IN, OUT):
     """Shapes with enough 128 x 128 tiles to take the large-tile kernel, kept cheap by a short K."""
     check_against_reference(kernel_runtime, *make_inputs(lead, IN, OUT, IN + OUT))
+
+
+@pytest.mark.parametrize("lead, IN, OUT", [([3000], 40, 24), ([2, 1100], 64, 36), ([1030], 13, 7)])
+def test_split_k(kernel_runtime, lead, IN, OUT):
+    """A small dweight summed over many rows takes the split-K path (partials + ordered sum);
+    float4 and scalar loads; two runs are bit-identical."""
+    rt = kernel_runtime
+    inputs = make_inputs(lead, IN, OUT, IN)
+    check_against_reference(rt, *inputs)
+    first, second = run_kernels(rt, *inputs), run_kernels(rt, *inputs)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_empty_dimensions(kernel_runtime):
@@ -187,7 +199,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     with pytest.raises(ValueError, match=r"^out: must not share memory with x"):
         lib.linear_forward(square, square, np.ones((4, 4), np.float32))
     dx, dweight, dbias = np.empty_like(x), np.empty_like(weight), np.empty(6, np.float32)
-    with pytest.raises(ValueError, match=r"^workspace: expected at least 6 floats, got 2"):
+    with pytest.raises(ValueError, match=r"^workspace: expected at least 6 floats \(linear_backward_workspace\), got 2"):
         lib.linear_backward(dx, dweight, dbias, np.empty(2, np.float32), dout, x, weight)
     with pytest.raises(ValueError, match=r"^dout: expected shape \(4, 6\), got \(4, 5\)"):
         lib.linear_backward(dx, dweight, dbias, np.empty(6, np.float32), dout[:, :5].copy(), x, weight)

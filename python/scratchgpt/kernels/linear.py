@@ -48,6 +48,6 @@ class Linear:
         dx = rt.empty(x.shape)
         dweight = rt.empty(weight.shape)
         dbias = rt.empty(weight.shape[:1]) if has_bias else None
-        workspace = rt.empty((rt.lib.linear_backward_workspace(rows, weight.shape[0]) if has_bias else 0,))
+        workspace = rt.empty((rt.lib.linear_backward_workspace(rows, *weight.shape[::-1]),))
         rt.lib.linear_backward(dx, dweight, dbias, workspace, dout, x, weight, self.version, rt.stream())
         return dx, dweight, dbias
