@@ -42,8 +42,8 @@
 //
 // Version 1 — the baseline, kept for study: one thread per output element, a dot product over
 // K straight from global memory (block 32 x 8, threadIdx.x along n for coalesced B and C).
-// Every A and B element is re-read by each of the N (M) threads that need it, through L1/L2:
-// memory-bound, ~10-20x slower than version 2 on a GPU.
+// Every A and B element is re-read by each of the N (M) threads that need it, through L1/L2,
+// with one load per FMA: memory/latency-bound where version 2 is compute-bound.
 //
 // db: a block owns 32 columns and a chunk of kRowsPerChunk rows of dy; its 32 x 8 threads walk
 // the rows (coalesced across columns), meet in shared memory and write one partial per column
@@ -102,7 +102,7 @@ struct TileLoader {
     __device__ __forceinline__ static void load(float (&reg)[kFloats], const float* __restrict__ X,
                                                 int ld, int rows, int K, int r0, int k0, int tid) {
         if (kVec) {
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < kFloats / 4; ++i) {
                 const int f = tid + i * kThreads;   // float4 index within the slice
                 int r, k;
@@ -115,7 +115,7 @@ SCRATCH_UNROLL
                 reg[4 * i] = v.x, reg[4 * i + 1] = v.y, reg[4 * i + 2] = v.z, reg[4 * i + 3] = v.w;
             }
         } else {
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < kFloats; ++i) {
                 const int e = tid + i * kThreads;   // consecutive threads: consecutive addresses
                 int r, k;
@@ -130,12 +130,12 @@ SCRATCH_UNROLL
 
     __device__ __forceinline__ static void store(const float (&reg)[kFloats], Smem& S, int tid) {
         if (kVec) {
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < kFloats / 4; ++i) {
                 const int f = tid + i * kThreads;
                 if (kKMajor) {   // transpose: four k's of one row
                     const int r = f / (BK / 4), k = f % (BK / 4) * 4;
-SCRATCH_UNROLL
+                    SCRATCH_UNROLL
                     for (int j = 0; j < 4; ++j) S[k + j][r] = reg[4 * i + j];
                 } else {
                     const int k = f / (ROWS / 4), r = f % (ROWS / 4) * 4;
@@ -143,7 +143,7 @@ SCRATCH_UNROLL
                 }
             }
         } else {
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < kFloats; ++i) {
                 const int e = tid + i * kThreads;
                 if (kKMajor) S[e % BK][e / BK] = reg[i];
@@ -189,9 +189,9 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     C += size_t(blockIdx.z) * M * ldc;
 
     float acc[TM][TN];
-SCRATCH_UNROLL
+    SCRATCH_UNROLL
     for (int i = 0; i < TM; ++i)
-SCRATCH_UNROLL
+        SCRATCH_UNROLL
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
     float reg_a[LoadA::kFloats], reg_b[LoadB::kFloats];
@@ -211,22 +211,22 @@ SCRATCH_UNROLL
             LoadA::load(reg_a, A, lda, M, K, m0, (step + 1) * BK, tid);
             LoadB::load(reg_b, B, ldb, N, K, n0, (step + 1) * BK, tid);
         }
-SCRATCH_UNROLL
+        SCRATCH_UNROLL
         for (int kk = 0; kk < BK; ++kk) {
             float a[TM], b[TN];
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int s = 0; s < kSubM; ++s) {
                 const float4 v = load_float4(&As[cur][kk][ty * 4 + s * kStrideM]);
                 a[4 * s] = v.x, a[4 * s + 1] = v.y, a[4 * s + 2] = v.z, a[4 * s + 3] = v.w;
             }
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int s = 0; s < kSubN; ++s) {
                 const float4 v = load_float4(&Bs[cur][kk][tx * 4 + s * kStrideN]);
                 b[4 * s] = v.x, b[4 * s + 1] = v.y, b[4 * s + 2] = v.z, b[4 * s + 3] = v.w;
             }
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < TM; ++i)
-SCRATCH_UNROLL
+                SCRATCH_UNROLL
                 for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];   // FFMA on the GPU
         }
         if (more) {   // the other buffer was last read before the previous barrier
@@ -237,15 +237,15 @@ SCRATCH_UNROLL
     }
 
     // Epilogue: + bias, bounds-checked stores (float4 when every row of C is 16-byte aligned).
-SCRATCH_UNROLL
+    SCRATCH_UNROLL
     for (int sn = 0; sn < kSubN; ++sn) {
         const int n = n0 + tx * 4 + sn * kStrideN;
         float bv[4];
-SCRATCH_UNROLL
+        SCRATCH_UNROLL
         for (int j = 0; j < 4; ++j) bv[j] = (bias && n + j < N) ? bias[n + j] : 0.0f;
-SCRATCH_UNROLL
+        SCRATCH_UNROLL
         for (int sm = 0; sm < kSubM; ++sm) {
-SCRATCH_UNROLL
+            SCRATCH_UNROLL
             for (int i = 0; i < 4; ++i) {
                 const int m = m0 + ty * 4 + sm * kStrideM + i;
                 if (m >= M) continue;
@@ -254,7 +254,7 @@ SCRATCH_UNROLL
                 if (vec_c) {
                     if (n < N) store_float4(out, make_float4(r[0] + bv[0], r[1] + bv[1], r[2] + bv[2], r[3] + bv[3]));
                 } else {
-SCRATCH_UNROLL
+                    SCRATCH_UNROLL
                     for (int j = 0; j < 4; ++j)
                         if (n + j < N) out[j] = r[j] + bv[j];
                 }
@@ -281,7 +281,7 @@ column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__
     __syncthreads();
     if (threadIdx.y == 0 && c < N) {
         float s = 0.0f;
-SCRATCH_UNROLL
+        SCRATCH_UNROLL
         for (int k = 0; k < 8; ++k) s += part[k][threadIdx.x];
         partial[size_t(blockIdx.y) * N + c] = s;
     }
