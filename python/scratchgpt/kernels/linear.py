@@ -8,6 +8,7 @@ forward(x [..., IN], weight [OUT, IN], bias [OUT] or None) -> out [..., OUT], ca
 thread-per-output baseline kept for study and comparison (`Linear(rt, version=1)`, or set
 `backend.linear.version = 1`).
 """
+import math
 
 VERSIONS = (1, 2)
 
@@ -44,7 +45,7 @@ class Linear:
         rt = self.rt
         x, weight, has_bias = cache
         (dout,) = rt.inputs(dout=dout)
-        rows = x.size // x.shape[-1] if x.shape[-1] else 0
+        rows = math.prod(x.shape[:-1])
         dx = rt.empty(x.shape)
         dweight = rt.empty(weight.shape)
         dbias = rt.empty(weight.shape[:1]) if has_bias else None
