@@ -219,6 +219,57 @@ PYBIND11_MODULE(_host, m) {
           "dx"_a, "dweight"_a, "dbias"_a, "workspace"_a, "dout"_a, "x"_a, "weight"_a, "mean"_a,
           "rstd"_a, "stream"_a = 0);
 
+    // --------------------------------------------------------- linear.cu, gelu.cu, residual.cu
+    m.def("linear_forward",
+          [](py::object out, py::object x, py::object weight, py::object bias, int version,
+             uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_x = as_tensor(x, "x"),
+                     t_w = as_tensor(weight, "weight"), t_b;
+              if (!bias.is_none()) t_b = as_tensor(bias, "bias");
+              py::gil_scoped_release nogil;
+              k::linear_forward(t_out, t_x, t_w, bias.is_none() ? nullptr : &t_b, version,
+                                as_stream(stream));
+          },
+          "out"_a, "x"_a, "weight"_a, "bias"_a = py::none(), "version"_a = 2, "stream"_a = 0);
+    m.def("linear_backward_workspace", &k::linear_backward_workspace, "rows"_a, "in_features"_a,
+          "out_features"_a);
+    m.def("linear_backward",
+          [](py::object dx, py::object dweight, py::object dbias, py::object workspace,
+             py::object dout, py::object x, py::object weight, int version, uintptr_t stream) {
+              Tensor t_dx = as_tensor(dx, "dx"), t_dw = as_tensor(dweight, "dweight"), t_db,
+                     t_ws = as_tensor(workspace, "workspace"), t_dout = as_tensor(dout, "dout"),
+                     t_x = as_tensor(x, "x"), t_w = as_tensor(weight, "weight");
+              if (!dbias.is_none()) t_db = as_tensor(dbias, "dbias");
+              py::gil_scoped_release nogil;
+              k::linear_backward(t_dx, t_dw, dbias.is_none() ? nullptr : &t_db, t_ws, t_dout, t_x,
+                                 t_w, version, as_stream(stream));
+          },
+          "dx"_a, "dweight"_a, "dbias"_a, "workspace"_a, "dout"_a, "x"_a, "weight"_a,
+          "version"_a = 2, "stream"_a = 0);
+    m.attr("GELU_TANH") = int(k::kGeluTanh);
+    m.attr("GELU_EXACT") = int(k::kGeluExact);
+    m.def("gelu_forward",
+          [](py::object out, py::object x, int mode, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_x = as_tensor(x, "x");
+              py::gil_scoped_release nogil;
+              k::gelu_forward(t_out, t_x, mode, as_stream(stream));
+          },
+          "out"_a, "x"_a, "mode"_a = int(k::kGeluTanh), "stream"_a = 0);
+    m.def("gelu_backward",
+          [](py::object dx, py::object dout, py::object x, int mode, uintptr_t stream) {
+              Tensor t_dx = as_tensor(dx, "dx"), t_dout = as_tensor(dout, "dout"), t_x = as_tensor(x, "x");
+              py::gil_scoped_release nogil;
+              k::gelu_backward(t_dx, t_dout, t_x, mode, as_stream(stream));
+          },
+          "dx"_a, "dout"_a, "x"_a, "mode"_a = int(k::kGeluTanh), "stream"_a = 0);
+    m.def("residual_forward",
+          [](py::object out, py::object a, py::object b, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_a = as_tensor(a, "a"), t_b = as_tensor(b, "b");
+              py::gil_scoped_release nogil;
+              k::residual_forward(t_out, t_a, t_b, as_stream(stream));
+          },
+          "out"_a, "a"_a, "b"_a, "stream"_a = 0);
+
     // -------------------------------------------------------------------- executor_tests.cu
     m.def("exec_test_shuffles",
           [](py::object out, py::object in, int block, int width, int delta, int src_lane, uintptr_t stream) {

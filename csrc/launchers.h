@@ -24,6 +24,29 @@ void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& d
                         const Tensor& workspace, const Tensor& dout, const Tensor& x,
                         const Tensor& weight, const Tensor& mean, const Tensor& rstd, Stream stream);
 
+// ------------------------------------------------------------------------------- linear.cu
+// out [..., OUT] = x [..., IN] weight[OUT, IN]^T (+ bias [OUT]; bias may be null).
+// version: 1 = the naive thread-per-output baseline, 2 = the tiled SGEMM (default).
+void linear_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                    int version, Stream stream);
+// Floats of scratch space linear_backward needs: per-chunk column sums of dout for the bias
+// gradient, and split-K partial products (0 when neither is needed).
+int64_t linear_backward_workspace(int64_t rows, int64_t in_features, int64_t out_features);
+// dx = dout W, dweight = dout^T x, dbias = column sums of dout (skipped when dbias is null).
+void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbias,
+                     const Tensor& workspace, const Tensor& dout, const Tensor& x,
+                     const Tensor& weight, int version, Stream stream);
+
+// --------------------------------------------------------------------------------- gelu.cu
+enum GeluMode : int { kGeluTanh = 0, kGeluExact = 1 };   // approximate="tanh" / "none"
+// out may be x itself (in place); dx may be dout or x itself.
+void gelu_forward(const Tensor& out, const Tensor& x, int mode, Stream stream);
+void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, int mode, Stream stream);
+
+// ----------------------------------------------------------------------------- residual.cu
+// out = a + b; out may be a or b itself (the in-place accumulate a += b).
+void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream);
+
 // ----------------------------------------------------------------------- executor_tests.cu
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).
 void exec_test_shuffles(const Tensor& out, const Tensor& in, int block, int width, int delta,

@@ -18,9 +18,14 @@ import os
 import numpy as np
 
 from . import layernorm
+from . import gelu, linear, residual
 
 REGISTRY = {
     "layernorm": layernorm.LayerNorm,
+    # linear.cu, gelu.cu, residual.cu
+    "linear": linear.Linear,
+    "gelu": gelu.Gelu,
+    "residual": residual.Residual,
 }
 
 _MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)

@@ -1,0 +1,84 @@
+"""csrc/residual.cu against reference/residual.py, on the host executor always and, marked
+`cuda`, on the GPU. A float32 sum is exact to compare: the kernel must equal NumPy's a + b."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scratchgpt.reference import residual as ref
+
+
+def make_inputs(shape, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape).astype(np.float32),
+            rng.standard_normal(shape).astype(np.float32))
+
+
+def run_forward(rt, a, b, place=None):
+    dev = place or rt.asarray
+    out = rt.asarray(np.full(a.shape, np.nan, np.float32))
+    rt.lib.residual_forward(out, dev(a), dev(b), rt.stream())
+    return rt.asnumpy(out)
+
+
+@given(shape=st.lists(st.integers(1, 37), min_size=1, max_size=3), seed=st.integers(0, 2**16))
+def test_matches_reference(kernel_runtime, shape, seed):
+    a, b = make_inputs(tuple(shape), seed)
+    np.testing.assert_array_equal(run_forward(kernel_runtime, a, b), ref.forward(a, b)[0])
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 4099, 300_001])
+def test_sizes_and_tails(kernel_runtime, n):
+    a, b = make_inputs((n,), n)
+    np.testing.assert_array_equal(run_forward(kernel_runtime, a, b), a + b)
+
+
+def test_misaligned_arrays_take_the_scalar_path(kernel_runtime):
+    rt = kernel_runtime
+
+    def shifted(x):
+        buffer = rt.xp.zeros(x.size + 1, np.float32)
+        buffer[1:] = rt.asarray(x.reshape(-1))
+        return buffer[1:].reshape(x.shape)
+
+    a, b = make_inputs((6, 16), 1)
+    np.testing.assert_array_equal(run_forward(rt, a, b, place=shifted), a + b)
+
+
+def test_wrapper_matches_reference_interface(kernel_runtime):
+    """forward(a, b) -> (a + b, None); backward(dout) -> (dout, dout); accumulate(acc, b) in place."""
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    op = REGISTRY["residual"](rt)
+    a, b = make_inputs((2, 3, 10), 2)
+    out, cache = op.forward(rt.asarray(a), rt.asarray(b))
+    assert cache is None
+    np.testing.assert_array_equal(rt.asnumpy(out), a + b)
+    dout = rt.asarray(b)
+    da, db = op.backward(dout)
+    assert da is dout and db is dout
+    acc = rt.asarray(a.copy())
+    assert op.accumulate(acc, rt.asarray(b)) is acc
+    np.testing.assert_array_equal(rt.asnumpy(acc), a + b)
+
+
+def test_arguments_are_checked_by_name(host_runtime):
+    from scratchgpt.kernels import REGISTRY
+    op = REGISTRY["residual"](host_runtime)
+    lib = host_runtime.lib
+    a, b = make_inputs((4, 8), 0)
+    with pytest.raises(ValueError, match=r"^b: expected the shape of a \(4, 8\), got \(4, 7\)"):
+        op.forward(a, b[:, :7].copy())
+    with pytest.raises(TypeError, match=r"^b: the host backend computes in float32, got float64"):
+        op.forward(a, b.astype(np.float64))
+    with pytest.raises(TypeError, match=r"^a: expected float32, got int32"):
+        lib.residual_forward(np.empty_like(a), a.astype(np.int32), b)
+    with pytest.raises(ValueError, match=r"^b: expected a C-contiguous array"):
+        lib.residual_forward(np.empty((8, 4), np.float32), np.empty((8, 4), np.float32), b.T)
+    readonly = a.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^out: the output array is read-only"):
+        op.accumulate(readonly, b)
+    buffer = np.zeros(40, np.float32)
+    with pytest.raises(ValueError, match=r"^out: partly overlaps b"):
+        lib.residual_forward(buffer[:32], a.reshape(-1), buffer[2:34])
