@@ -177,6 +177,8 @@ def test_bad_input_raises():
         GPT(GPTConfig.preset("nano")).backward()
     with pytest.raises(ValueError, match="dtype"):
         GPT(GPTConfig.preset("nano"), dtype="float16")
+    with pytest.raises(ValueError, match="dtype: the host kernels run in float32"):
+        GPT(GPTConfig.preset("nano"), backend="host", dtype="float64")
     with pytest.raises(ValueError, match="backend"):
         get_backend("tpu")
 

@@ -49,6 +49,8 @@ class GPT:
             raise TypeError(f"cfg: expected a GPTConfig, got {type(cfg).__name__}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+        if backend in ("host", "cuda") and dtype != "float32":
+            raise ValueError(f"dtype: the {backend} kernels run in float32, got {dtype!r}")
         self.cfg = cfg
         self.be = get_backend(backend)
         self.backend = backend
