@@ -2,6 +2,7 @@
 against finite differences, a separable task learned end to end, the data handling and the
 bag-of-words baseline."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -115,3 +116,17 @@ def test_bag_of_words_baseline_separates_keywords():
         y.append(k)
     acc = baseline_accuracy(texts[:150], y[:150], texts[150:], y[150:], 2)
     assert acc == 1.0
+
+
+SENTIMENT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment")
+
+
+@pytest.mark.skipif(not os.path.isdir(SENTIMENT),
+                    reason=f"the sentiment sentences are not at {SENTIMENT}")
+def test_sentiment_data_and_its_baseline():
+    texts, labels = read_labelled(SENTIMENT)                # the readme.txt beside them is skipped
+    assert len(texts) == 3000 and sorted(set(labels)) == ["0", "1"]
+    y = np.array([int(v) for v in labels])
+    tr, te = split_examples(len(texts), 0.2, seed=1337)
+    acc = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te], 2)
+    assert acc == pytest.approx(0.8333, abs=1e-4)          # the figure in the README
