@@ -270,6 +270,50 @@ PYBIND11_MODULE(_host, m) {
           },
           "out"_a, "a"_a, "b"_a, "stream"_a = 0);
 
+    // ------------------------------------------------------------------------ attention.cu
+    m.def("attention_forward",
+          [](py::object y, py::object lse, py::object qkv, int n_head, int window, uintptr_t stream) {
+              Tensor t_y = as_tensor(y, "y"), t_lse = as_tensor(lse, "lse"), t_qkv = as_tensor(qkv, "qkv");
+              py::gil_scoped_release nogil;
+              k::attention_forward(t_y, t_lse, t_qkv, n_head, window, as_stream(stream));
+          },
+          "y"_a, "lse"_a, "qkv"_a, "n_head"_a, "window"_a, "stream"_a = 0);
+    m.def("attention_backward",
+          [](py::object dqkv, py::object di, py::object dy, py::object qkv, py::object y, py::object lse,
+             int n_head, int window, uintptr_t stream) {
+              Tensor t_dqkv = as_tensor(dqkv, "dqkv"), t_di = as_tensor(di, "di"), t_dy = as_tensor(dy, "dy"),
+                     t_qkv = as_tensor(qkv, "qkv"), t_y = as_tensor(y, "y"), t_lse = as_tensor(lse, "lse");
+              py::gil_scoped_release nogil;
+              k::attention_backward(t_dqkv, t_di, t_dy, t_qkv, t_y, t_lse, n_head, window, as_stream(stream));
+          },
+          "dqkv"_a, "di"_a, "dy"_a, "qkv"_a, "y"_a, "lse"_a, "n_head"_a, "window"_a, "stream"_a = 0);
+    m.def("attention_materialized_forward",
+          [](py::object y, py::object probs, py::object qkv, int n_head, int window, uintptr_t stream) {
+              Tensor t_y = as_tensor(y, "y"), t_p = as_tensor(probs, "probs"), t_qkv = as_tensor(qkv, "qkv");
+              py::gil_scoped_release nogil;
+              k::attention_materialized_forward(t_y, t_p, t_qkv, n_head, window, as_stream(stream));
+          },
+          "y"_a, "probs"_a, "qkv"_a, "n_head"_a, "window"_a, "stream"_a = 0);
+    m.def("attention_materialized_backward",
+          [](py::object dqkv, py::object dprobs, py::object dy, py::object qkv, py::object probs, int n_head,
+             int window, uintptr_t stream) {
+              Tensor t_dqkv = as_tensor(dqkv, "dqkv"), t_dp = as_tensor(dprobs, "dprobs"),
+                     t_dy = as_tensor(dy, "dy"), t_qkv = as_tensor(qkv, "qkv"), t_p = as_tensor(probs, "probs");
+              py::gil_scoped_release nogil;
+              k::attention_materialized_backward(t_dqkv, t_dp, t_dy, t_qkv, t_p, n_head, window,
+                                                 as_stream(stream));
+          },
+          "dqkv"_a, "dprobs"_a, "dy"_a, "qkv"_a, "probs"_a, "n_head"_a, "window"_a, "stream"_a = 0);
+    m.def("attention_decode",
+          [](py::object y, py::object q, py::object k_cache, py::object v_cache, int t0, int window,
+             uintptr_t stream) {
+              Tensor t_y = as_tensor(y, "y"), t_q = as_tensor(q, "q"), t_k = as_tensor(k_cache, "k_cache"),
+                     t_v = as_tensor(v_cache, "v_cache");
+              py::gil_scoped_release nogil;
+              k::attention_decode(t_y, t_q, t_k, t_v, t0, window, as_stream(stream));
+          },
+          "y"_a, "q"_a, "k_cache"_a, "v_cache"_a, "t0"_a, "window"_a, "stream"_a = 0);
+
     // -------------------------------------------------------------------- executor_tests.cu
     m.def("exec_test_shuffles",
           [](py::object out, py::object in, int block, int width, int delta, int src_lane, uintptr_t stream) {

@@ -47,6 +47,25 @@ void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, int mo
 // out = a + b; out may be a or b itself (the in-place accumulate a += b).
 void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream);
 
+// ---------------------------------------------------------------------------- attention.cu
+// qkv [B, T, 3C] (C = n_head * D, D <= 128), window: 0 = causal, w >= 1 = banded (t-w+1 .. t).
+// Fused (flash) version: y [B, T, C] and the log-sum-exp per row lse [B, n_head, T].
+void attention_forward(const Tensor& y, const Tensor& lse, const Tensor& qkv, int n_head, int window,
+                       Stream stream);
+// di [B, n_head, T] is scratch (rowsum(dy * y)); dqkv [B, T, 3C].
+void attention_backward(const Tensor& dqkv, const Tensor& di, const Tensor& dy, const Tensor& qkv,
+                        const Tensor& y, const Tensor& lse, int n_head, int window, Stream stream);
+// Materialised version: probs [B, n_head, T, T] saved for the backward; dprobs is scratch of the
+// same shape.
+void attention_materialized_forward(const Tensor& y, const Tensor& probs, const Tensor& qkv, int n_head,
+                                    int window, Stream stream);
+void attention_materialized_backward(const Tensor& dqkv, const Tensor& dprobs, const Tensor& dy,
+                                     const Tensor& qkv, const Tensor& probs, int n_head, int window,
+                                     Stream stream);
+// Generation: q [B, H, Tn, D] at positions t0.., k_cache and v_cache [B, H, S, D] -> y [B, Tn, H*D].
+void attention_decode(const Tensor& y, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      int t0, int window, Stream stream);
+
 // ----------------------------------------------------------------------- executor_tests.cu
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).
 void exec_test_shuffles(const Tensor& out, const Tensor& in, int block, int width, int delta,

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import layernorm
 from . import gelu, linear, residual
+from . import attention
 
 REGISTRY = {
     "layernorm": layernorm.LayerNorm,
@@ -26,6 +27,8 @@ REGISTRY = {
     "linear": linear.Linear,
     "gelu": gelu.Gelu,
     "residual": residual.Residual,
+    # attention.cu
+    "attention": attention.Attention,
 }
 
 _MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)
