@@ -42,7 +42,10 @@
 // Full unrolling matters for nvcc (register arrays indexed by loop counters); g++ ignores it.
 #if defined(__CUDACC__)
 #define ATTN_UNROLL _Pragma("unroll")
+#define ATTN_PRAGMA(x) _Pragma(#x)
+#define ATTN_UNROLL_N(n) ATTN_PRAGMA(unroll n)
 #else
+#define ATTN_UNROLL_N(n)
 #define ATTN_UNROLL
 #endif
 
@@ -53,6 +56,7 @@ constexpr int kTile = 32;                      // queries per query tile = keys 
 constexpr int kWarps = 4;                      // warps per flash block
 constexpr int kRows = kTile / kWarps;          // tile rows per warp
 constexpr int kFlashThreads = 32 * kWarps;
+constexpr int kFlashMinBlocks = 3;             // register cap 65536 / (3 * 128) = 170: no spills at D = 128
 constexpr int kMaxHeadDim = 128;
 constexpr float kNegInf = -INFINITY;
 
@@ -85,6 +89,7 @@ __device__ __forceinline__ void row_dots(float (&acc)[kRows], const float* __res
     const int Dp = bcast_stride(D);
 ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+    ATTN_UNROLL_N(1)   // unrolling only hoists loads: more registers, no faster
     for (int d = 0; d < Dp; d += 4) {
         const float b0 = own[d], b1 = own[d + 1], b2 = own[d + 2], b3 = own[d + 3];
 ATTN_UNROLL
@@ -101,6 +106,7 @@ template <int ND>
 __device__ __forceinline__ void accumulate(float (&acc)[kRows][ND], const float* __restrict__ weights,
                                            const float* __restrict__ M, int stride, int D) {
     const int lane = threadIdx.x & 31;
+    ATTN_UNROLL_N(2)
     for (int j = 0; j < kTile; ++j) {
         const float4 w0 = load_float4(weights + j * kRows), w1 = load_float4(weights + j * kRows + 4);
         const float w[kRows] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
@@ -124,7 +130,7 @@ struct Shape {
 // ------------------------------------------------------------------------------ flash forward
 // grid (B*H, query tiles), heaviest (last) query tiles first; block kFlashThreads.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads)
+__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
 flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float* __restrict__ qkv,
                      Shape s) {
     SCRATCH_DYNAMIC_SHARED(float, smem);
@@ -209,7 +215,7 @@ flash_backward_rowdot_kernel(float* __restrict__ di, const float* __restrict__ d
 
 // dK, dV of one key tile: grid (B*H, key tiles); warps own 8 keys, lanes the tile's queries.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads)
+__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
 flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
                            const float* __restrict__ qkv, const float* __restrict__ lse,
                            const float* __restrict__ di, Shape s) {
@@ -285,7 +291,7 @@ ATTN_UNROLL
 
 // dQ of one query tile: grid (B*H, query tiles); warps own 8 queries, lanes the tile's keys.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads)
+__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
 flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
                          const float* __restrict__ qkv, const float* __restrict__ lse,
                          const float* __restrict__ di, Shape s) {
