@@ -71,14 +71,39 @@ __device__ __forceinline__ bool visible(int t, int key, int w, int T) {
     return t < T && key <= t && key > t - w;
 }
 
+// Shapes every flash kernel shares.
+struct Shape {
+    int B, T, H, D, w;   // w: window width (T when causal)
+    float scale;
+    bool vec4;           // D % 4 == 0 and the arrays 16-byte aligned: float4 global loads
+    __host__ __device__ int C() const { return H * D; }
+};
+
 // Copy rows row0 .. row0+31 of one head's third of qkv (or of a [B, T, C] array: row_stride C)
-// into shared memory with the given column stride; rows past T and columns past D are zero.
+// into shared memory with the given column stride; rows past T and columns D .. stride-1 are
+// zero. Consecutive threads take consecutive columns of a row (coalesced), 16 bytes at a time
+// when s.vec4 (then D is a multiple of 4 and columns D .. stride-1 are never read).
 __device__ __forceinline__ void load_tile(float* __restrict__ dst, int stride,
                                           const float* __restrict__ src, size_t row_stride,
-                                          int row0, int T, int D) {
+                                          int row0, const Shape& s) {
+    if (s.vec4) {
+        const int words = s.D / 4;
+        for (int e = threadIdx.x; e < kTile * words; e += kFlashThreads) {
+            const int r = e / words, c = 4 * (e - r * words);
+            const float4 v = row0 + r < s.T ? load_float4(src + size_t(row0 + r) * row_stride + c)
+                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            float* out = dst + r * stride + c;
+            if (stride % 4 == 0) {
+                store_float4(out, v);
+            } else {
+                out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+            }
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < kTile * stride; e += kFlashThreads) {
         const int r = e / stride, d = e - r * stride;
-        dst[e] = (row0 + r < T && d < D) ? src[size_t(row0 + r) * row_stride + d] : 0.0f;
+        dst[e] = (row0 + r < s.T && d < s.D) ? src[size_t(row0 + r) * row_stride + d] : 0.0f;
     }
 }
 
@@ -120,13 +145,6 @@ ATTN_UNROLL
     }
 }
 
-// Shapes every flash kernel shares.
-struct Shape {
-    int B, T, H, D, w;   // w: window width (T when causal)
-    float scale;
-    __host__ __device__ int C() const { return H * D; }
-};
-
 // ------------------------------------------------------------------------------ flash forward
 // grid (B*H, query tiles), heaviest (last) query tiles first; block kFlashThreads.
 template <int ND>
@@ -146,7 +164,7 @@ flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float
     const float* base = qkv + size_t(b) * T * row_stride + size_t(h) * D;
     float* p_warp = p_sh + warp * kTile * kRows;
 
-    load_tile(q_sh, Dp, base, row_stride, q0, T, D);
+    load_tile(q_sh, Dp, base, row_stride, q0, s);
     float o[kRows][ND], m[kRows], l[kRows];
 ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -158,8 +176,8 @@ ATTN_UNROLL
     const int k_first = max(0, q0 - s.w + 1);
     for (int k0 = k_first / kTile * kTile; k0 <= q_last; k0 += kTile) {
         __syncthreads();   // the previous tile's k/v are no longer read
-        load_tile(k_sh, Ds, base + C, row_stride, k0, T, D);
-        load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, T, D);
+        load_tile(k_sh, Ds, base + C, row_stride, k0, s);
+        load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, s);
         __syncthreads();
         float sc[kRows];
         row_dots(sc, q_sh + row0 * Dp, k_sh + lane * Ds, D);
@@ -237,8 +255,8 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
     float* p_warp = w_sh + warp * 2 * kTile * kRows;
     float* ds_warp = p_warp + kTile * kRows;
 
-    load_tile(k_sh, Dp, base + C, row_stride, k0, T, D);
-    load_tile(v_sh, Dp, base + 2 * C, row_stride, k0, T, D);
+    load_tile(k_sh, Dp, base + C, row_stride, k0, s);
+    load_tile(v_sh, Dp, base + 2 * C, row_stride, k0, s);
     float dk[kRows][ND], dv[kRows][ND];
 ATTN_UNROLL
     for (int r = 0; r < kRows; ++r)
@@ -248,8 +266,8 @@ ATTN_UNROLL
     const int q_last = min(T - 1, min(k0 + kTile - 1, T - 1) + s.w - 1);
     for (int q0 = k0; q0 <= q_last; q0 += kTile) {   // k0 is a tile boundary, so is q0
         __syncthreads();
-        load_tile(q_sh, Ds, base, row_stride, q0, T, D);
-        load_tile(dy_sh, Ds, dy_base, C, q0, T, D);
+        load_tile(q_sh, Ds, base, row_stride, q0, s);
+        load_tile(dy_sh, Ds, dy_base, C, q0, s);
         if (threadIdx.x < kTile) {
             const int t = q0 + threadIdx.x;
             lse_sh[threadIdx.x] = t < T ? lse[size_t(bh) * T + t] : 0.0f;
@@ -309,8 +327,8 @@ flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
     const float* base = qkv + size_t(b) * T * row_stride + size_t(h) * D;
     float* ds_warp = ds_sh + warp * kTile * kRows;
 
-    load_tile(q_sh, Dp, base, row_stride, q0, T, D);
-    load_tile(dy_sh, Dp, dy + size_t(b) * T * C + size_t(h) * D, C, q0, T, D);
+    load_tile(q_sh, Dp, base, row_stride, q0, s);
+    load_tile(dy_sh, Dp, dy + size_t(b) * T * C + size_t(h) * D, C, q0, s);
     float dq[kRows][ND], lse_r[kRows], di_r[kRows];
 ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -324,8 +342,8 @@ ATTN_UNROLL
     const int k_first = max(0, q0 - s.w + 1);
     for (int k0 = k_first / kTile * kTile; k0 <= q_last; k0 += kTile) {
         __syncthreads();
-        load_tile(k_sh, Ds, base + C, row_stride, k0, T, D);
-        load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, T, D);
+        load_tile(k_sh, Ds, base + C, row_stride, k0, s);
+        load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, s);
         __syncthreads();
         float sc[kRows], dp[kRows];
         row_dots(sc, q_sh + row0 * Dp, k_sh + lane * Ds, D);
@@ -453,7 +471,7 @@ template <int ND>
 __global__ void __launch_bounds__(32 * kDecodeWarps)
 decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* __restrict__ k,
               const float* __restrict__ v, int B, int H, int Tn, int S, int D, int t0, int w,
-              float scale) {
+              float scale, bool vec4) {
     __shared__ float p_sh[kDecodeWarps][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = blockIdx.x * kDecodeWarps + warp;
@@ -471,9 +489,17 @@ ATTN_UNROLL
         const int j = j0 + lane;
         float x = kNegInf;
         if (j <= last) {
+            // the q row is the same address for every lane (a broadcast); lane j walks key row j
             const float* kr = kb + size_t(j) * D;
             float dot = 0.0f;
-            for (int d = 0; d < D; ++d) dot = fmaf(qr[d], kr[d], dot);   // q row: broadcast, cached
+            if (vec4) {
+                for (int d = 0; d < D; d += 4) {
+                    const float4 a = load_float4(qr + d), c = load_float4(kr + d);
+                    dot = fmaf(a.x, c.x, fmaf(a.y, c.y, fmaf(a.z, c.z, fmaf(a.w, c.w, dot))));
+                }
+            } else {
+                for (int d = 0; d < D; ++d) dot = fmaf(qr[d], kr[d], dot);
+            }
             x = dot * scale;
         }
         const float m_new = fmaxf(m, warp_max(x));   // finite: key j0 is visible
@@ -523,6 +549,7 @@ Shape check_qkv(const Tensor& qkv, int n_head, int window) {
     if (int64_t(s.B) * s.H > 2147483647) throw ValueError(str(qkv.name, ": B * n_head too large"));
     s.w = (window == 0 || window > s.T) ? s.T : window;
     s.scale = 1.0f / std::sqrt(float(s.D));
+    s.vec4 = s.D % 4 == 0 && is_aligned(qkv.data, 16);
     return s;
 }
 
@@ -579,7 +606,7 @@ void attention_forward(const Tensor& y, const Tensor& lse, const Tensor& qkv, in
 
 void attention_backward(const Tensor& dqkv, const Tensor& di, const Tensor& dy, const Tensor& qkv,
                         const Tensor& y, const Tensor& lse, int n_head, int window, Stream stream) {
-    const Shape s = check_qkv(qkv, n_head, window);
+    Shape s = check_qkv(qkv, n_head, window);
     expect_input(dy, DType::F32);
     expect_shape(dy, {s.B, s.T, s.C()});
     expect_input(y, DType::F32);
@@ -591,6 +618,7 @@ void attention_backward(const Tensor& dqkv, const Tensor& di, const Tensor& dy, 
     expect_output(dqkv, DType::F32);
     expect_same_shape(dqkv, qkv);
     expect_same_device({&qkv, &dy, &y, &lse, &di, &dqkv});
+    s.vec4 = s.vec4 && is_aligned(dy.data, 16);
     auto st = static_cast<cudaStream_t>(stream);
     const int rows = s.B * s.T * s.H;
     launch("flash_backward_rowdot_kernel", flash_backward_rowdot_kernel, dim3(ceil_div(rows, 8)), dim3(256),
@@ -691,10 +719,12 @@ void attention_decode(const Tensor& y, const Tensor& q, const Tensor& k_cache, c
     to_int(k_cache.numel(), "size of k_cache");
     const int rows = to_int(int64_t(B) * H * Tn, "queries");
     const int w = window == 0 ? S : window;
+    const bool vec4 = D % 4 == 0 && is_aligned(q.data, 16) && is_aligned(k_cache.data, 16);
     with_nd(D, [&](auto nd) {
         launch("decode_kernel", decode_kernel<decltype(nd)::value>, dim3(ceil_div(rows, kDecodeWarps)),
                dim3(32 * kDecodeWarps), 0, static_cast<cudaStream_t>(stream), y.ptr<float>(), q.ptr<float>(),
-               k_cache.ptr<float>(), v_cache.ptr<float>(), B, H, Tn, S, D, t0, w, 1.0f / std::sqrt(float(D)));
+               k_cache.ptr<float>(), v_cache.ptr<float>(), B, H, Tn, S, D, t0, w, 1.0f / std::sqrt(float(D)),
+               vec4);
     });
 }
 

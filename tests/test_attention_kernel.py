@@ -309,3 +309,30 @@ def test_model_with_banded_layers_matches_numpy(version, monkeypatch):
     prompt = idx[:, :6]
     assert np.array_equal(host.generate(prompt, 6, temperature=0),
                           numpy_model.generate(prompt, 6, temperature=0))
+
+
+def test_misaligned_inputs_take_the_scalar_path(host_runtime):
+    """D % 4 == 0 but qkv, dy and the cache start 4 bytes past a 16-byte boundary."""
+    def shifted(a):
+        buffer = np.zeros(a.size + 1, np.float32)
+        out = buffer[1:].reshape(a.shape)
+        out[...] = a
+        assert out.ctypes.data % 16 != 0
+        return out
+
+    rt = host_runtime
+    qkv, dy = make_inputs(1, 40, 2, 8, 12)
+    y, dqkv, _ = run_kernels(rt, shifted(qkv), shifted(dy), 2, 9, "flash")
+    r_y, cache = ref.forward(qkv.astype(np.float64), 2, 9)
+    assert rel_err(y, r_y) < 1e-5
+    assert rel_err(dqkv, ref.backward(dy.astype(np.float64), cache)) < 1e-5
+    q = np.ascontiguousarray(ref.split_heads(qkv, 2)[0][:, :, -3:])
+    k, v = (np.ascontiguousarray(a) for a in ref.split_heads(qkv, 2)[1:])
+    got = attention_op(rt).decode(shifted(q), shifted(k), shifted(v), 37)
+    want = ref.decode(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), 37)
+    assert rel_err(got, want) < 1e-5
+
+
+def attention_op(rt):
+    from scratchgpt.kernels import REGISTRY
+    return REGISTRY["attention"](rt)
