@@ -56,7 +56,12 @@ constexpr int kTile = 32;                      // queries per query tile = keys 
 constexpr int kWarps = 4;                      // warps per flash block
 constexpr int kRows = kTile / kWarps;          // tile rows per warp
 constexpr int kFlashThreads = 32 * kWarps;
-constexpr int kFlashMinBlocks = 3;             // register cap 65536 / (3 * 128) = 170: no spills at D = 128
+// Resident blocks per SM the register budget aims at (65536 registers / (blocks * 128 threads)):
+// 4 (128 registers) for heads up to 64 wide, 3 (170) beyond, where the 8 x ND accumulators need it.
+constexpr int flash_min_blocks(int nd) { return nd <= 2 ? 4 : 3; }
+// The dK/dV pass holds two accumulator sets (16 x ND registers) and 41.5 KiB of shared memory at
+// D = 64, which already limits sm_80 to 3 blocks per SM: budget 170 registers, never spill.
+constexpr int kDkdvMinBlocks = 3;
 constexpr int kMaxHeadDim = 128;
 constexpr float kNegInf = -INFINITY;
 
@@ -148,7 +153,7 @@ ATTN_UNROLL
 // ------------------------------------------------------------------------------ flash forward
 // grid (B*H, query tiles), heaviest (last) query tiles first; block kFlashThreads.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
+__global__ void __launch_bounds__(kFlashThreads, flash_min_blocks(ND))
 flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float* __restrict__ qkv,
                      Shape s) {
     SCRATCH_DYNAMIC_SHARED(float, smem);
@@ -233,7 +238,7 @@ flash_backward_rowdot_kernel(float* __restrict__ di, const float* __restrict__ d
 
 // dK, dV of one key tile: grid (B*H, key tiles); warps own 8 keys, lanes the tile's queries.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
+__global__ void __launch_bounds__(kFlashThreads, kDkdvMinBlocks)
 flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
                            const float* __restrict__ qkv, const float* __restrict__ lse,
                            const float* __restrict__ di, Shape s) {
@@ -309,7 +314,7 @@ ATTN_UNROLL
 
 // dQ of one query tile: grid (B*H, query tiles); warps own 8 queries, lanes the tile's keys.
 template <int ND>
-__global__ void __launch_bounds__(kFlashThreads, kFlashMinBlocks)
+__global__ void __launch_bounds__(kFlashThreads, flash_min_blocks(ND))
 flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
                          const float* __restrict__ qkv, const float* __restrict__ lse,
                          const float* __restrict__ di, Shape s) {
