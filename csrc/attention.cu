@@ -21,20 +21,31 @@
 //     P = exp(S - lse) tile by tile: a block per key tile accumulates dK, dV over its query
 //     tiles; a block per query tile accumulates dQ over its key tiles. Every gradient element is
 //     summed by one thread in a fixed order: no atomics, bit-reproducible.
-//   Memory: O(B*H*T) beyond the inputs and outputs.
+//   Memory: O(B*H*T) beyond the inputs and outputs (lse, Di).
+//   Traffic: q (and dy, lse, Di for dQ) once per query tile; each k/v tile once per query tile
+//   that sees it (causal: T/64 times on average, banded: about w/32 + 1 times; these repeats
+//   hit L2); y, dqkv written once; nothing T x T. Global loads are float4 when D % 4 == 0.
+//   FMAs per shared-memory load: scores take 32 FMAs per 12 loads (8 broadcast float4 + 4 of the
+//   lane's row), P.V 8*ND FMAs per 2 + ND loads: 2.7-5, on the FMA-bound side of fp32 CUDA cores
+//   (tensor cores come with bf16). Registers: 8 x ND accumulators per lane (two sets in dK/dV);
+//   launch bounds keep 3-4 blocks (12-16 warps) per SM without spills.
 //
 // Version (a), materialised (for study and comparison): S = Q K^T by a batched tiled matmul
 // (32x32 output tiles, 16x16 threads with 2x2 outputs each; score tiles entirely outside the
 // window are skipped), then one fused kernel per row (a warp per row) scales, masks and applies
 // the softmax in place (P, zeros outside the window), then Y = P V by the same matmul. Backward:
 // dP = dY V^T, dS = P * (dP - rowsum(dP * P)) in place (a warp per row), dV = P^T dY,
-// dQ = dS K * scale, dK = dS^T Q * scale, written straight into dqkv. Memory: 2*B*H*T*T floats.
+// dQ = dS K * scale, dK = dS^T Q * scale, written straight into dqkv. Memory: 2*B*H*T*T floats;
+// traffic about 3 (forward) and 6 (backward) passes over B*H*T*T floats, besides the matmuls' reads.
 //
 // Decode (generation with a key/value cache): a warp per (batch, head, query) walks the cached
 // keys in chunks of 32 with the online softmax (lane j scores key j of the chunk; lanes own
-// head-dimension columns for the weighted sum of values).
+// head-dimension columns for the weighted sum of values). Traffic: the visible keys and values
+// once (a lane reads its key row through L1, float4 when D % 4 == 0; value rows are read by the
+// warp across columns, coalesced), q once, y written once: bandwidth-bound, as decoding is.
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include "core/kernel.h"
 #include "csrc/launchers.h"
@@ -533,6 +544,25 @@ ATTN_UNROLL
 }
 
 // ------------------------------------------------------------------------------- launchers
+// Kernels read their inputs while writing their outputs: an output may share no byte with any
+// other argument (contiguous tensors, so a tensor's bytes are one range).
+void expect_disjoint_outputs(std::initializer_list<const Tensor*> outputs,
+                             std::initializer_list<const Tensor*> all) {
+    auto range = [](const Tensor* t) {
+        const auto* p = static_cast<const char*>(t->data);
+        return std::make_pair(p, p + t->numel() * int64_t(dtype_size(t->dtype)));
+    };
+    for (const Tensor* out : outputs) {
+        const auto [o0, o1] = range(out);
+        for (const Tensor* t : all) {
+            if (t == out || o0 == o1) continue;
+            const auto [t0, t1] = range(t);
+            if (t0 < o1 && o0 < t1)
+                throw ValueError(str(out->name, ": overlaps ", t->name, " (an output may not alias another argument)"));
+        }
+    }
+}
+
 // qkv [B, T, 3C] checked; returns the shape (w = T when window == 0).
 Shape check_qkv(const Tensor& qkv, int n_head, int window) {
     expect_input(qkv, DType::F32);
@@ -601,6 +631,7 @@ void attention_forward(const Tensor& y, const Tensor& lse, const Tensor& qkv, in
     expect_output(lse, DType::F32);
     expect_shape(lse, {s.B, s.H, s.T});
     expect_same_device({&qkv, &y, &lse});
+    expect_disjoint_outputs({&y, &lse}, {&qkv, &y, &lse});
     const dim3 grid(s.B * s.H, ceil_div(s.T, kTile));
     with_nd(s.D, [&](auto nd) {
         launch("flash_forward_kernel", flash_forward_kernel<decltype(nd)::value>, grid, dim3(kFlashThreads),
@@ -623,6 +654,7 @@ void attention_backward(const Tensor& dqkv, const Tensor& di, const Tensor& dy, 
     expect_output(dqkv, DType::F32);
     expect_same_shape(dqkv, qkv);
     expect_same_device({&qkv, &dy, &y, &lse, &di, &dqkv});
+    expect_disjoint_outputs({&di, &dqkv}, {&qkv, &dy, &y, &lse, &di, &dqkv});
     s.vec4 = s.vec4 && is_aligned(dy.data, 16);
     auto st = static_cast<cudaStream_t>(stream);
     const int rows = s.B * s.T * s.H;
@@ -648,6 +680,7 @@ void attention_materialized_forward(const Tensor& y, const Tensor& probs, const 
     expect_output(probs, DType::F32);
     expect_shape(probs, {s.B, s.H, s.T, s.T});
     expect_same_device({&qkv, &y, &probs});
+    expect_disjoint_outputs({&y, &probs}, {&qkv, &y, &probs});
     auto st = static_cast<cudaStream_t>(stream);
     const int64_t T = s.T, C = s.C(), D = s.D, H = s.H;
     const float* x = qkv.ptr<float>();
@@ -676,6 +709,7 @@ void attention_materialized_backward(const Tensor& dqkv, const Tensor& dprobs, c
     expect_output(dqkv, DType::F32);
     expect_same_shape(dqkv, qkv);
     expect_same_device({&qkv, &dy, &probs, &dprobs, &dqkv});
+    expect_disjoint_outputs({&dprobs, &dqkv}, {&qkv, &dy, &probs, &dprobs, &dqkv});
     auto st = static_cast<cudaStream_t>(stream);
     const int64_t T = s.T, C = s.C(), D = s.D, H = s.H;
     const float* x = qkv.ptr<float>();
@@ -721,6 +755,7 @@ void attention_decode(const Tensor& y, const Tensor& q, const Tensor& k_cache, c
     expect_output(y, DType::F32);
     expect_shape(y, {B, Tn, int64_t(H) * D});
     expect_same_device({&q, &k_cache, &v_cache, &y});
+    expect_disjoint_outputs({&y}, {&q, &k_cache, &v_cache, &y});
     to_int(k_cache.numel(), "size of k_cache");
     const int rows = to_int(int64_t(B) * H * Tn, "queries");
     const int w = window == 0 ? S : window;

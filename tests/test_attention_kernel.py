@@ -272,6 +272,13 @@ def test_arguments_are_checked_by_name(host_runtime):
     _, cache = op.forward(qkv, 2)
     with pytest.raises(ValueError, match=r"^dy: expected shape \(1, 6, 8\)"):
         op.backward(dy[:, :5], cache)
+    with pytest.raises(ValueError, match=r"^y: overlaps qkv"):
+        lib.attention_forward(qkv.reshape(-1)[:48].reshape(1, 6, 8), lse, qkv, 2, 0)
+    dqkv, di = np.empty_like(qkv), np.empty((1, 2, 6), np.float32)
+    with pytest.raises(ValueError, match=r"^dqkv: overlaps qkv"):
+        lib.attention_backward(qkv, di, dy, qkv, y, lse, 2, 0)
+    with pytest.raises(ValueError, match=r"^di: overlaps lse"):
+        lib.attention_backward(dqkv, lse, dy, qkv, y, lse, 2, 0)
     q = np.zeros((1, 2, 1, 4), np.float32)
     kv = np.zeros((1, 2, 3, 4), np.float32)
     with pytest.raises(ValueError, match=r"^t0: queries at 3 .. 3 need their keys"):
