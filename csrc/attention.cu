@@ -415,9 +415,13 @@ batched_matmul_kernel(Operand c, Operand a, Operand bm, int M, int N, int K, int
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
     float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     for (int k0 = 0; k0 < K; k0 += kMmTile) {
+        // consecutive threads walk the operand's unit-stride axis (coalesced; the +1 column
+        // keeps the transposed shared-memory stores free of bank conflicts)
         for (int e = tid; e < kMmTile * kMmTile; e += 256) {
-            const int r = e / kMmTile, q = e % kMmTile;
+            const int hi = e / kMmTile, lo = e % kMmTile;
+            int r = a.sc == 1 ? hi : lo, q = a.sc == 1 ? lo : hi;
             a_sh[r][q] = (i0 + r < M && k0 + q < K) ? A[(i0 + r) * a.sr + (k0 + q) * a.sc] : 0.0f;
+            r = bm.sc == 1 ? hi : lo, q = bm.sc == 1 ? lo : hi;
             b_sh[r][q] = (k0 + r < K && j0 + q < N) ? Bp[(k0 + r) * bm.sr + (j0 + q) * bm.sc] : 0.0f;
         }
         __syncthreads();
