@@ -38,11 +38,13 @@
 // dQ = dS K * scale, dK = dS^T Q * scale, written straight into dqkv. Memory: 2*B*H*T*T floats;
 // traffic about 3 (forward) and 6 (backward) passes over B*H*T*T floats, besides the matmuls' reads.
 //
-// Decode (generation with a key/value cache): a warp per (batch, head, query) walks the cached
-// keys in chunks of 32 with the online softmax (lane j scores key j of the chunk; lanes own
-// head-dimension columns for the weighted sum of values). Traffic: the visible keys and values
-// once (a lane reads its key row through L1, float4 when D % 4 == 0; value rows are read by the
-// warp across columns, coalesced), q once, y written once: bandwidth-bound, as decoding is.
+// Decode (generation with a key/value cache): a block per (batch, head, query); its 4 warps take
+// turns over the cached keys in chunks of 32, each with its own online softmax (lane j scores key
+// j of the chunk; lanes own head-dimension columns for the weighted sum of values), and merge
+// their partial results once in shared memory (split-K over the keys). Traffic: the visible keys
+// and values once (a lane reads its key row through L1, float4 when D % 4 == 0; value rows are
+// read by the warp across columns, coalesced), q once, y written once: bandwidth-bound, as
+// decoding is.
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -486,16 +488,19 @@ masked_softmax_backward_kernel(float* __restrict__ dprobs, const float* __restri
 constexpr int kDecodeWarps = 4;
 
 // q [B, H, Tn, D] at positions t0 .. t0+Tn-1 against k, v [B, H, S, D]; y [B, Tn, H*D].
-// A warp per (b, h, i); warps of a block are independent (no __syncthreads).
+// A block per (b, h, i): its warps take every kDecodeWarps-th chunk of 32 keys, each with its own
+// online softmax (m, l, o), and meet once in shared memory, where warp 0 merges the partials
+// (split-K: a single sequence decoding with few heads still fills the GPU 4 warps per head).
 template <int ND>
 __global__ void __launch_bounds__(32 * kDecodeWarps)
 decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* __restrict__ k,
-              const float* __restrict__ v, int B, int H, int Tn, int S, int D, int t0, int w,
+              const float* __restrict__ v, int H, int Tn, int S, int D, int t0, int w,
               float scale, bool vec4) {
     __shared__ float p_sh[kDecodeWarps][32];
+    __shared__ float o_sh[kDecodeWarps][ND * 32];
+    __shared__ float m_sh[kDecodeWarps], l_sh[kDecodeWarps];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = blockIdx.x * kDecodeWarps + warp;
-    if (g >= B * H * Tn) return;
+    const int g = blockIdx.x;   // (b * H + h) * Tn + i
     const int i = g % Tn, bh = g / Tn, h = bh % H, b = bh / H;
     const int t = t0 + i;
     const float* qr = q + size_t(g) * D;
@@ -505,7 +510,7 @@ decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* _
     float o[ND], m = kNegInf, l = 0.0f;
 ATTN_UNROLL
     for (int n = 0; n < ND; ++n) o[n] = 0.0f;
-    for (int j0 = first; j0 <= last; j0 += 32) {
+    for (int j0 = first + 32 * warp; j0 <= last; j0 += 32 * kDecodeWarps) {
         const int j = j0 + lane;
         float x = kNegInf;
         if (j <= last) {
@@ -523,7 +528,7 @@ ATTN_UNROLL
             x = dot * scale;
         }
         const float m_new = fmaxf(m, warp_max(x));   // finite: key j0 is visible
-        const float alpha = __expf(m - m_new);       // m = -inf on the first chunk: 0
+        const float alpha = __expf(m - m_new);       // m = -inf on the warp's first chunk: 0
         const float p = j <= last ? __expf(x - m_new) : 0.0f;
         l = fmaf(l, alpha, p);
         m = m_new;
@@ -531,20 +536,40 @@ ATTN_UNROLL
         __syncwarp();
         const int count = min(32, last - j0 + 1);
 ATTN_UNROLL
-        for (int n = 0; n < ND; ++n) {
-            const int d = lane + 32 * n;
-            float acc = o[n] * alpha;
-            if (d < D)
-                for (int jj = 0; jj < count; ++jj) acc = fmaf(p_sh[warp][jj], vb[size_t(j0 + jj) * D + d], acc);
-            o[n] = acc;
+        for (int n = 0; n < ND; ++n) o[n] *= alpha;
+        ATTN_UNROLL_N(4)
+        for (int jj = 0; jj < count; ++jj) {   // a warp reads a value row across columns: coalesced
+            const float pj = p_sh[warp][jj];
+            const float* vr = vb + size_t(j0 + jj) * D;
+ATTN_UNROLL
+            for (int n = 0; n < ND; ++n)
+                if (lane + 32 * n < D) o[n] = fmaf(pj, vr[lane + 32 * n], o[n]);
         }
         __syncwarp();
     }
-    const float inv = 1.0f / warp_sum(l);
+    // merge: y = sum_w e^(m_w - M) o_w / sum_w e^(m_w - M) l_w; a warp without keys has m = -inf
+    l = warp_sum(l);
+ATTN_UNROLL
+    for (int n = 0; n < ND; ++n) o_sh[warp][lane + 32 * n] = o[n];
+    if (lane == 0) m_sh[warp] = m, l_sh[warp] = l;
+    __syncthreads();
+    if (warp != 0) return;   // no barrier follows
+    float M = kNegInf;
+    for (int u = 0; u < kDecodeWarps; ++u) M = fmaxf(M, m_sh[u]);
+    float acc[ND], sum = 0.0f;
+ATTN_UNROLL
+    for (int n = 0; n < ND; ++n) acc[n] = 0.0f;
+    for (int u = 0; u < kDecodeWarps; ++u) {
+        const float factor = m_sh[u] == kNegInf ? 0.0f : __expf(m_sh[u] - M);
+        sum = fmaf(factor, l_sh[u], sum);
+ATTN_UNROLL
+        for (int n = 0; n < ND; ++n) acc[n] = fmaf(factor, o_sh[u][lane + 32 * n], acc[n]);
+    }
+    const float inv = 1.0f / sum;
     float* yr = y + (size_t(b) * Tn + i) * H * D + size_t(h) * D;
 ATTN_UNROLL
     for (int n = 0; n < ND; ++n)
-        if (lane + 32 * n < D) yr[lane + 32 * n] = o[n] * inv;
+        if (lane + 32 * n < D) yr[lane + 32 * n] = acc[n] * inv;
 }
 
 // ------------------------------------------------------------------------------- launchers
@@ -765,9 +790,9 @@ void attention_decode(const Tensor& y, const Tensor& q, const Tensor& k_cache, c
     const int w = window == 0 ? S : window;
     const bool vec4 = D % 4 == 0 && is_aligned(q.data, 16) && is_aligned(k_cache.data, 16);
     with_nd(D, [&](auto nd) {
-        launch("decode_kernel", decode_kernel<decltype(nd)::value>, dim3(ceil_div(rows, kDecodeWarps)),
-               dim3(32 * kDecodeWarps), 0, static_cast<cudaStream_t>(stream), y.ptr<float>(), q.ptr<float>(),
-               k_cache.ptr<float>(), v_cache.ptr<float>(), B, H, Tn, S, D, t0, w, 1.0f / std::sqrt(float(D)),
+        launch("decode_kernel", decode_kernel<decltype(nd)::value>, dim3(rows), dim3(32 * kDecodeWarps), 0,
+               static_cast<cudaStream_t>(stream), y.ptr<float>(), q.ptr<float>(), k_cache.ptr<float>(),
+               v_cache.ptr<float>(), H, Tn, S, D, t0, w, 1.0f / std::sqrt(float(D)),
                vec4);
     });
 }

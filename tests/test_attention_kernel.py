@@ -186,7 +186,9 @@ def test_decode_matches_reference(kernel_runtime, B, H, Tn, past, D, window, see
 
 @pytest.mark.parametrize("B, H, Tn, S, D, window, t0", [
     (1, 1, 1, 1, 8, None, None),     # the first token
-    (2, 3, 1, 100, 64, None, None),  # one new token, several key chunks
+    (2, 3, 1, 100, 64, None, None),  # one new token, a key chunk per warp
+    (1, 2, 2, 300, 16, None, None),  # several chunks per warp
+    (1, 1, 1, 300, 12, 40, None),    # banded: two of the four warps see no key
     (1, 2, 1, 100, 128, 7, None),    # banded
     (1, 1, 3, 50, 5, None, 20),      # cache longer than the queries need (keys past t masked)
 ])
