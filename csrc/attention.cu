@@ -130,12 +130,12 @@ __device__ __forceinline__ void load_tile(float* __restrict__ dst, int stride,
 __device__ __forceinline__ void row_dots(float (&acc)[kRows], const float* __restrict__ bcast,
                                          const float* __restrict__ own, int D) {
     const int Dp = bcast_stride(D);
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-    ATTN_UNROLL_N(1)   // unrolling only hoists loads: more registers, no faster
+    ATTN_UNROLL_N(1)   // kept rolled: unrolling hoists loads into registers the accumulators need
     for (int d = 0; d < Dp; d += 4) {
         const float b0 = own[d], b1 = own[d + 1], b2 = own[d + 2], b3 = own[d + 3];
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int r = 0; r < kRows; ++r) {
             const float4 a = load_float4(bcast + r * Dp + d);
             acc[r] = fmaf(a.x, b0, fmaf(a.y, b1, fmaf(a.z, b2, fmaf(a.w, b3, acc[r]))));
@@ -153,11 +153,11 @@ __device__ __forceinline__ void accumulate(float (&acc)[kRows][ND], const float*
     for (int j = 0; j < kTile; ++j) {
         const float4 w0 = load_float4(weights + j * kRows), w1 = load_float4(weights + j * kRows + 4);
         const float w[kRows] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) {
             const int d = lane + 32 * n;
             const float m = d < D ? M[j * stride + d] : 0.0f;
-ATTN_UNROLL
+            ATTN_UNROLL
             for (int r = 0; r < kRows; ++r) acc[r][n] = fmaf(w[r], m, acc[r][n]);
         }
     }
@@ -184,10 +184,10 @@ flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float
 
     load_tile(q_sh, Dp, base, row_stride, q0, s);
     float o[kRows][ND], m[kRows], l[kRows];
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
         m[r] = kNegInf, l[r] = 0.0f;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) o[r][n] = 0.0f;
     }
     const int q_last = min(q0 + kTile, T) - 1;
@@ -200,7 +200,7 @@ ATTN_UNROLL
         float sc[kRows];
         row_dots(sc, q_sh + row0 * Dp, k_sh + lane * Ds, D);
         const int key = k0 + lane;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int r = 0; r < kRows; ++r) {
             const bool ok = visible(q0 + row0 + r, key, s.w, T);
             const float x = ok ? sc[r] * s.scale : kNegInf;
@@ -209,7 +209,7 @@ ATTN_UNROLL
             const float alpha = m[r] == kNegInf ? 0.0f : __expf(m[r] - m_new);
             const float p = ok ? __expf(x - m_new) : 0.0f;
             l[r] = fmaf(l[r], alpha, p);
-ATTN_UNROLL
+            ATTN_UNROLL
             for (int n = 0; n < ND; ++n) o[r][n] *= alpha;
             m[r] = m_new;
             p_warp[lane * kRows + r] = p;
@@ -218,14 +218,14 @@ ATTN_UNROLL
         accumulate<ND>(o, p_warp, v_sh, Ds, D);
         __syncwarp();   // p_warp is rewritten by the next tile
     }
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
         const float sum = warp_sum(l[r]);   // each lane summed its own keys; m is warp-uniform
         const int t = q0 + row0 + r;
         if (t >= T) continue;
         const float inv = 1.0f / sum;
         float* yr = y + (size_t(b) * T + t) * C + size_t(h) * D;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n)
             if (lane + 32 * n < D) yr[lane + 32 * n] = o[r][n] * inv;
         if (lane == 0) lse[size_t(bh) * T + t] = m[r] + logf(sum);
@@ -276,9 +276,9 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
     load_tile(k_sh, Dp, base + C, row_stride, k0, s);
     load_tile(v_sh, Dp, base + 2 * C, row_stride, k0, s);
     float dk[kRows][ND], dv[kRows][ND];
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r)
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) dk[r][n] = 0.0f, dv[r][n] = 0.0f;
 
     const int q_last = min(T - 1, min(k0 + kTile - 1, T - 1) + s.w - 1);
@@ -297,7 +297,7 @@ ATTN_UNROLL
         row_dots(dp, v_sh + row0 * Dp, dy_sh + lane * Ds, D);
         const int t = q0 + lane;
         const float lse_t = lse_sh[lane], di_t = di_sh[lane];
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int r = 0; r < kRows; ++r) {
             const bool ok = visible(t, k0 + row0 + r, s.w, T);
             const float p = ok ? __expf(sc[r] * s.scale - lse_t) : 0.0f;
@@ -309,12 +309,12 @@ ATTN_UNROLL
         accumulate<ND>(dk, ds_warp, q_sh, Ds, D);
         __syncwarp();
     }
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
         const int key = k0 + row0 + r;
         if (key >= T) continue;
         float* out = dqkv + (size_t(b) * T + key) * row_stride + size_t(h) * D;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) {
             const int d = lane + 32 * n;
             if (d < D) {
@@ -348,12 +348,12 @@ flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
     load_tile(q_sh, Dp, base, row_stride, q0, s);
     load_tile(dy_sh, Dp, dy + size_t(b) * T * C + size_t(h) * D, C, q0, s);
     float dq[kRows][ND], lse_r[kRows], di_r[kRows];
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
         const int t = q0 + row0 + r;
         lse_r[r] = t < T ? lse[size_t(bh) * T + t] : 0.0f;
         di_r[r] = t < T ? di[size_t(bh) * T + t] : 0.0f;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) dq[r][n] = 0.0f;
     }
     const int q_last = min(q0 + kTile, T) - 1;
@@ -367,7 +367,7 @@ ATTN_UNROLL
         row_dots(sc, q_sh + row0 * Dp, k_sh + lane * Ds, D);
         row_dots(dp, dy_sh + row0 * Dp, v_sh + lane * Ds, D);
         const int key = k0 + lane;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int r = 0; r < kRows; ++r) {
             const bool ok = visible(q0 + row0 + r, key, s.w, T);
             const float p = ok ? __expf(sc[r] * s.scale - lse_r[r]) : 0.0f;
@@ -377,12 +377,12 @@ ATTN_UNROLL
         accumulate<ND>(dq, ds_warp, k_sh, Ds, D);
         __syncwarp();
     }
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
         const int t = q0 + row0 + r;
         if (t >= T) continue;
         float* out = dqkv + (size_t(b) * T + t) * row_stride + size_t(h) * D;
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n)
             if (lane + 32 * n < D) out[lane + 32 * n] = dq[r][n] * s.scale;
     }
@@ -427,7 +427,7 @@ batched_matmul_kernel(Operand c, Operand a, Operand bm, int M, int N, int K, int
             b_sh[r][q] = (k0 + r < K && j0 + q < N) ? Bp[(k0 + r) * bm.sr + (j0 + q) * bm.sc] : 0.0f;
         }
         __syncthreads();
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int k = 0; k < kMmTile; ++k) {
             const float a0 = a_sh[ty][k], a1 = a_sh[ty + 16][k];
             const float b0 = b_sh[k][tx], b1 = b_sh[k][tx + 16];
@@ -508,7 +508,7 @@ decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* _
     const float* vb = v + size_t(bh) * S * D;
     const int last = min(t, S - 1), first = max(0, t - w + 1);
     float o[ND], m = kNegInf, l = 0.0f;
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int n = 0; n < ND; ++n) o[n] = 0.0f;
     for (int j0 = first + 32 * warp; j0 <= last; j0 += 32 * kDecodeWarps) {
         const int j = j0 + lane;
@@ -535,13 +535,13 @@ ATTN_UNROLL
         p_sh[warp][lane] = p;
         __syncwarp();
         const int count = min(32, last - j0 + 1);
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) o[n] *= alpha;
         ATTN_UNROLL_N(4)
         for (int jj = 0; jj < count; ++jj) {   // a warp reads a value row across columns: coalesced
             const float pj = p_sh[warp][jj];
             const float* vr = vb + size_t(j0 + jj) * D;
-ATTN_UNROLL
+            ATTN_UNROLL
             for (int n = 0; n < ND; ++n)
                 if (lane + 32 * n < D) o[n] = fmaf(pj, vr[lane + 32 * n], o[n]);
         }
@@ -549,7 +549,7 @@ ATTN_UNROLL
     }
     // merge: y = sum_w e^(m_w - M) o_w / sum_w e^(m_w - M) l_w; a warp without keys has m = -inf
     l = warp_sum(l);
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int n = 0; n < ND; ++n) o_sh[warp][lane + 32 * n] = o[n];
     if (lane == 0) m_sh[warp] = m, l_sh[warp] = l;
     __syncthreads();
@@ -557,17 +557,17 @@ ATTN_UNROLL
     float M = kNegInf;
     for (int u = 0; u < kDecodeWarps; ++u) M = fmaxf(M, m_sh[u]);
     float acc[ND], sum = 0.0f;
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int n = 0; n < ND; ++n) acc[n] = 0.0f;
     for (int u = 0; u < kDecodeWarps; ++u) {
         const float factor = m_sh[u] == kNegInf ? 0.0f : __expf(m_sh[u] - M);
         sum = fmaf(factor, l_sh[u], sum);
-ATTN_UNROLL
+        ATTN_UNROLL
         for (int n = 0; n < ND; ++n) acc[n] = fmaf(factor, o_sh[u][lane + 32 * n], acc[n]);
     }
     const float inv = 1.0f / sum;
     float* yr = y + (size_t(b) * Tn + i) * H * D + size_t(h) * D;
-ATTN_UNROLL
+    ATTN_UNROLL
     for (int n = 0; n < ND; ++n)
         if (lane + 32 * n < D) yr[lane + 32 * n] = acc[n] * inv;
 }
