@@ -46,6 +46,44 @@ void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, int mo
 // ----------------------------------------------------------------------------- residual.cu
 // out = a + b; out may be a or b itself (the in-place accumulate a += b).
 void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream);
+// ---------------------------------------------------------------------------- embedding.cu
+// idx int32/int64 [B, T], wte [V, C], wpe [Tmax >= T, C] -> out [B, T, C]. status: int32 [1]
+// scratch; a bad id raises ValueError naming its position and value.
+void embedding_forward(const Tensor& out, const Tensor& idx, const Tensor& wte, const Tensor& wpe,
+                       const Tensor& status, Stream stream);
+// int32 scratch embedding_backward needs for V token ids and B*T positions (bucket sort).
+int64_t embedding_backward_workspace(int64_t vocab_size, int64_t positions);
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& workspace,
+                        const Tensor& dout, const Tensor& idx, Stream stream);
+
+// ------------------------------------------------------------------------- softmax_xent.cu
+// logits [..., V], targets int32/int64 [...] (-1: ignored) -> loss [1] (mean over counted rows),
+// lse and row_loss (one per row), count [1] (counted rows); status: int32 [1] scratch.
+void softmax_xent_forward(const Tensor& loss, const Tensor& lse, const Tensor& row_loss,
+                          const Tensor& count, const Tensor& status, const Tensor& logits,
+                          const Tensor& targets, Stream stream);
+void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                           const Tensor& targets, const Tensor& count, float dloss, Stream stream);
+
+// ------------------------------------------------------------------------------ dropout.cu
+// out = x * (Philox word(offset + e) >= threshold ? scale : 0); the backward is the same call.
+void dropout_apply(const Tensor& out, const Tensor& x, uint32_t threshold, float scale,
+                   uint64_t seed, uint64_t stream_id, uint64_t offset, Stream stream);
+// words [k, 4] (int32 bits) = Philox-4x32-10 of blocks first .. first + k - 1.
+void dropout_philox_blocks(const Tensor& words, uint64_t seed, uint64_t stream_id, uint64_t first,
+                           Stream stream);
+
+// -------------------------------------------------------------------------------- adamw.cu
+// One AdamW step on one tensor, in place (param, m, v).
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  int64_t step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, Stream stream);
+// Global norm: per tensor global_norm_partials into its global_norm_blocks(size) float64 slots
+// of a workspace, then global_norm_finish over the whole workspace -> norm [1] (float64).
+int64_t global_norm_blocks(int64_t n);
+void global_norm_partials(const Tensor& partials, const Tensor& x, Stream stream);
+void global_norm_finish(const Tensor& norm, const Tensor& partials, Stream stream);
+void scale_inplace(const Tensor& x, float factor, Stream stream);
 
 // ----------------------------------------------------------------------- executor_tests.cu
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import layernorm
 from . import gelu, linear, residual
+from . import adamw, dropout, embedding, softmax_xent
 
 REGISTRY = {
     "layernorm": layernorm.LayerNorm,
@@ -26,6 +27,11 @@ REGISTRY = {
     "linear": linear.Linear,
     "gelu": gelu.Gelu,
     "residual": residual.Residual,
+    # embedding.cu, softmax_xent.cu, dropout.cu, adamw.cu
+    "embedding": embedding.Embedding,
+    "softmax_xent": softmax_xent.SoftmaxXent,
+    "dropout": dropout.Dropout,
+    "adamw": adamw.AdamW,
 }
 
 _MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)
