@@ -295,29 +295,29 @@ PYBIND11_MODULE(_host, m) {
 
     // --------------------------------------------------------------------- softmax_xent.cu
     m.def("softmax_xent_forward",
-          [](py::object loss, py::object lse, py::object row_loss, py::object count,
+          [](py::object loss, py::object stats, py::object row_loss, py::object count,
              py::object status, py::object logits, py::object targets, uintptr_t stream) {
-              Tensor t_loss = as_tensor(loss, "loss"), t_lse = as_tensor(lse, "lse"),
+              Tensor t_loss = as_tensor(loss, "loss"), t_stats = as_tensor(stats, "stats"),
                      t_row = as_tensor(row_loss, "row_loss"), t_count = as_tensor(count, "count"),
                      t_status = as_tensor(status, "status"), t_logits = as_tensor(logits, "logits"),
                      t_targets = as_tensor(targets, "targets");
               py::gil_scoped_release nogil;
-              k::softmax_xent_forward(t_loss, t_lse, t_row, t_count, t_status, t_logits, t_targets,
+              k::softmax_xent_forward(t_loss, t_stats, t_row, t_count, t_status, t_logits, t_targets,
                                       as_stream(stream));
           },
-          "loss"_a, "lse"_a, "row_loss"_a, "count"_a, "status"_a, "logits"_a, "targets"_a,
+          "loss"_a, "stats"_a, "row_loss"_a, "count"_a, "status"_a, "logits"_a, "targets"_a,
           "stream"_a = 0);
     m.def("softmax_xent_backward",
-          [](py::object dlogits, py::object logits, py::object lse, py::object targets,
+          [](py::object dlogits, py::object logits, py::object stats, py::object targets,
              py::object count, float dloss, uintptr_t stream) {
               Tensor t_dlogits = as_tensor(dlogits, "dlogits"), t_logits = as_tensor(logits, "logits"),
-                     t_lse = as_tensor(lse, "lse"), t_targets = as_tensor(targets, "targets"),
+                     t_stats = as_tensor(stats, "stats"), t_targets = as_tensor(targets, "targets"),
                      t_count = as_tensor(count, "count");
               py::gil_scoped_release nogil;
-              k::softmax_xent_backward(t_dlogits, t_logits, t_lse, t_targets, t_count, dloss,
+              k::softmax_xent_backward(t_dlogits, t_logits, t_stats, t_targets, t_count, dloss,
                                        as_stream(stream));
           },
-          "dlogits"_a, "logits"_a, "lse"_a, "targets"_a, "count"_a, "dloss"_a, "stream"_a = 0);
+          "dlogits"_a, "logits"_a, "stats"_a, "targets"_a, "count"_a, "dloss"_a, "stream"_a = 0);
 
     // -------------------------------------------------------------------------- dropout.cu
     m.def("dropout_apply",

@@ -58,11 +58,12 @@ void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& wo
 
 // ------------------------------------------------------------------------- softmax_xent.cu
 // logits [..., V], targets int32/int64 [...] (-1: ignored) -> loss [1] (mean over counted rows),
-// lse and row_loss (one per row), count [1] (counted rows); status: int32 [1] scratch.
-void softmax_xent_forward(const Tensor& loss, const Tensor& lse, const Tensor& row_loss,
+// stats [rows, 2] ((max, log-sum) per row: lse = max + log-sum), row_loss [rows], count [1]
+// (counted rows); status: int32 [1] scratch.
+void softmax_xent_forward(const Tensor& loss, const Tensor& stats, const Tensor& row_loss,
                           const Tensor& count, const Tensor& status, const Tensor& logits,
                           const Tensor& targets, Stream stream);
-void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& stats,
                            const Tensor& targets, const Tensor& count, float dloss, Stream stream);
 
 // ------------------------------------------------------------------------------ dropout.cu

@@ -4,19 +4,25 @@
 //   lse_n = log sum_j exp(z_nj)          loss = (1/N) sum_{n: y_n != -1} (lse_n - z_{n, y_n})
 //   dz_nj = dloss * (exp(z_nj - lse_n) - [j == y_n]) / N   on counted rows, 0 on ignored rows
 //
+// Precision: lse is kept as two floats, the row max m and log-sum = log(sum exp(z - m)), never
+// added together: with logits of ±1e4 a float32 lse would carry an absolute error of ~1e-3 and
+// ruin exp(z - lse). The sum is accumulated without the max's own exp(0) = 1 (log-sum =
+// log1p(rest)), the loss is log-sum + (m - z_y), and the target's gradient uses expm1: a row
+// whose target dominates (loss ~ 1e-4) is still exact to float32 rounding.
+//
 // Forward, two kernels:
 //   1. one block (256 threads) per row, a single pass over the logits: each thread keeps an online
-//      (max, sum of exp(z - max)) pair over its elements, rescaling the sum when the max grows, so
-//      exp never overflows whatever the logits' size (±1e4 included); float4 loads when V % 4 == 0
-//      and the logits are 16-byte aligned (thread i takes elements 4i, 4i + 1024, ...). The pairs
-//      meet by warp shuffles, then across the 8 warps in shared memory. The block writes lse_n
-//      and the row's loss; a target outside [0, V) that is not -1 is reported through the status
-//      word (csrc/device_status.h) and raised as ValueError by the launcher. Traffic: V floats
-//      read per row, two floats written.
+//      (max, rest) pair over its elements, rescaling when the max grows (one exp per element; exp
+//      never overflows); float4 loads when V % 4 == 0 and the logits are 16-byte aligned (thread
+//      i takes elements 4i .. 4i + 3, then 1024 further on). The pairs meet by warp shuffles, then
+//      across the 8 warps in shared memory; thread 0 writes (m, log-sum) and the row's loss. A
+//      target outside [0, V) that is not -1 is reported through the status word
+//      (csrc/device_status.h) and raised as ValueError by the launcher. Traffic: V floats read
+//      per row, three floats written.
 //   2. one block sums the per-row losses and counts the kept rows in a fixed order (strided
 //      float64 partial sums, then the block reduction): the mean is the same bits run to run.
-// Backward: one block per row writes dlogits from the saved lse (no probabilities are stored):
-// V floats read, V written; ignored rows get zeros.
+// Backward: one block per row writes dlogits from the saved (m, log-sum), recomputing each
+// probability (nothing of size V is stored): V floats read, V written; ignored rows get zeros.
 #include <cfloat>
 
 #include "core/kernel.h"
@@ -30,68 +36,73 @@ constexpr int kRowThreads = 256;
 constexpr int kMeanThreads = 1024;
 constexpr int kIgnore = -1;
 
-// Online log-sum-exp state: max and sum of exp(z - max).
-struct MaxSum {
-    float max, sum;
+// Online log-sum-exp state: the running max and rest = sum of exp(z - max) over the elements
+// other than (one of) the max, which contributes exactly 1 — so log-sum = log1p(rest) keeps its
+// relative precision when the max dominates (a loss near 0 stays accurate). An empty state is
+// (-FLT_MAX, -1).
+struct MaxRest {
+    float max, rest;
 };
 
-__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
-    const float m = fmaxf(a.max, b.max);   // both may be -FLT_MAX (no element yet): sums stay 0
-    return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
+__device__ __forceinline__ void push(MaxRest& s, float x) {
+    if (x > s.max) {   // x becomes the max: the old max joins the rest (one exp per element)
+        s.rest = (s.rest + 1.0f) * expf(s.max - x);
+        s.max = x;
+    } else {
+        s.rest += expf(x - s.max);   // NaN lands here and propagates
+    }
 }
 
-__device__ __forceinline__ MaxSum warp_combine(MaxSum v) {
+__device__ __forceinline__ MaxRest combine(MaxRest a, MaxRest b) {
+    if (b.max > a.max) {
+        const MaxRest t = a;
+        a = b, b = t;
+    }
+    return {a.max, a.rest + (b.rest + 1.0f) * expf(b.max - a.max)};
+}
+
+__device__ __forceinline__ MaxRest warp_combine(MaxRest v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
-        const MaxSum other{__shfl_xor_sync(0xffffffffu, v.max, offset),
-                           __shfl_xor_sync(0xffffffffu, v.sum, offset)};
+        const MaxRest other{__shfl_xor_sync(0xffffffffu, v.max, offset),
+                            __shfl_xor_sync(0xffffffffu, v.rest, offset)};
         v = combine(v, other);
     }
     return v;
 }
 
+// stats[row] = (max, log-sum) with lse = max + log-sum; row_loss[row] = log-sum + (max - z_y).
 template <int kWidth, typename Target>
 __global__ void __launch_bounds__(kRowThreads)
-softmax_xent_forward_kernel(float* __restrict__ lse_out, float* __restrict__ row_loss,
+softmax_xent_forward_kernel(float2* __restrict__ stats, float* __restrict__ row_loss,
                             int* __restrict__ status, const float* __restrict__ logits,
                             const Target* __restrict__ targets, int rows, int V) {
-    __shared__ MaxSum warp_state[kRowThreads / 32];
+    __shared__ MaxRest warp_state[kRowThreads / 32];
     const int row = blockIdx.x;
     const float* z = logits + size_t(row) * V;
-    MaxSum state{-FLT_MAX, 0.0f};
+    MaxRest state{-FLT_MAX, -1.0f};
     if (kWidth == 4) {
         for (int i = 4 * threadIdx.x; i < V; i += 4 * kRowThreads) {
             const float4 v = load_float4(z + i);
-            const float m = fmaxf(state.max, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
-            state.sum = state.sum * expf(state.max - m) +
-                        ((expf(v.x - m) + expf(v.y - m)) + (expf(v.z - m) + expf(v.w - m)));
-            state.max = m;
+            push(state, v.x), push(state, v.y), push(state, v.z), push(state, v.w);
         }
     } else {
-        for (int i = threadIdx.x; i < V; i += kRowThreads) {
-            const float x = z[i];
-            if (x > state.max) {   // one exp per element: rescale only when the max grows
-                state.sum = state.sum * expf(state.max - x) + 1.0f;
-                state.max = x;
-            } else {
-                state.sum += expf(x - state.max);
-            }
-        }
+        for (int i = threadIdx.x; i < V; i += kRowThreads) push(state, z[i]);
     }
     state = warp_combine(state);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) warp_state[warp] = state;
     __syncthreads();
     if (threadIdx.x == 0) {
-        MaxSum total = warp_state[0];
+        MaxRest total = warp_state[0];
         for (int w = 1; w < kRowThreads / 32; ++w) total = combine(total, warp_state[w]);
-        const float lse = total.max + logf(total.sum);
+        const float log_sum = log1pf(total.rest);
         const Target y = targets[row];
         float loss = 0.0f;
         if (y != Target(kIgnore)) {
             if (y < 0 || y >= Target(V)) status::report(status, row, rows);
-            else loss = lse - z[int(y)];
+            else loss = log_sum + (total.max - z[int(y)]);   // max - z_y is exact when they are close
         }
-        lse_out[row] = lse;
+        stats[row] = make_float2(total.max, log_sum);
         row_loss[row] = loss;
     }
 }
@@ -116,10 +127,16 @@ softmax_xent_mean_kernel(float* __restrict__ loss, int* __restrict__ count,
     }
 }
 
+// p - onehot from t = (z - max) - log-sum: exp(t), or expm1(t) at the target (accurate when p ~ 1).
+__device__ __forceinline__ float softmax_minus_onehot(float z, float max, float log_sum, bool target) {
+    const float t = (z - max) - log_sum;
+    return target ? expm1f(t) : expf(t);
+}
+
 template <int kWidth, typename Target>
 __global__ void __launch_bounds__(kRowThreads)
 softmax_xent_backward_kernel(float* __restrict__ dlogits, const float* __restrict__ logits,
-                             const float* __restrict__ lse_in, const Target* __restrict__ targets,
+                             const float2* __restrict__ stats, const Target* __restrict__ targets,
                              const int* __restrict__ count, float dloss, int V) {
     const int row = blockIdx.x;
     const size_t offset = size_t(row) * V;
@@ -129,18 +146,18 @@ softmax_xent_backward_kernel(float* __restrict__ dlogits, const float* __restric
     const int y = (y_raw >= 0 && y_raw < Target(V)) ? int(y_raw) : kIgnore;
     const int kept = *count;
     const float scale = y == kIgnore ? 0.0f : dloss / float(kept > 0 ? kept : 1);
-    const float lse = lse_in[row];
+    const float2 st = stats[row];
     if (kWidth == 4) {
         for (int i = 4 * threadIdx.x; i < V; i += 4 * kRowThreads) {
             const float4 v = load_float4(z + i);
-            store_float4(dz + i, make_float4((expf(v.x - lse) - float(i == y)) * scale,
-                                             (expf(v.y - lse) - float(i + 1 == y)) * scale,
-                                             (expf(v.z - lse) - float(i + 2 == y)) * scale,
-                                             (expf(v.w - lse) - float(i + 3 == y)) * scale));
+            store_float4(dz + i, make_float4(softmax_minus_onehot(v.x, st.x, st.y, i == y) * scale,
+                                             softmax_minus_onehot(v.y, st.x, st.y, i + 1 == y) * scale,
+                                             softmax_minus_onehot(v.z, st.x, st.y, i + 2 == y) * scale,
+                                             softmax_minus_onehot(v.w, st.x, st.y, i + 3 == y) * scale));
         }
     } else {
         for (int i = threadIdx.x; i < V; i += kRowThreads)
-            dz[i] = (expf(z[i] - lse) - float(i == y)) * scale;
+            dz[i] = softmax_minus_onehot(z[i], st.x, st.y, i == y) * scale;
     }
 }
 
@@ -168,17 +185,17 @@ bool vectorisable(int V, const Tensor& a, const Tensor& b) {
 }
 
 template <typename Target>
-void forward_targets(const Tensor& loss, const Tensor& lse, const Tensor& row_loss,
+void forward_targets(const Tensor& loss, const Tensor& stats, const Tensor& row_loss,
                      const Tensor& count, const Tensor& status_word, const Tensor& logits,
                      const Tensor& targets, int rows, int V, cudaStream_t s) {
     if (rows > 0) {
         if (vectorisable(V, logits, logits))
             launch("softmax_xent_forward_kernel<vec4>", softmax_xent_forward_kernel<4, Target>,
-                   dim3(rows), dim3(kRowThreads), 0, s, lse.ptr<float>(), row_loss.ptr<float>(),
+                   dim3(rows), dim3(kRowThreads), 0, s, reinterpret_cast<float2*>(stats.ptr<float>()), row_loss.ptr<float>(),
                    status_word.ptr<int>(), logits.ptr<float>(), targets.ptr<Target>(), rows, V);
         else
             launch("softmax_xent_forward_kernel<scalar>", softmax_xent_forward_kernel<1, Target>,
-                   dim3(rows), dim3(kRowThreads), 0, s, lse.ptr<float>(), row_loss.ptr<float>(),
+                   dim3(rows), dim3(kRowThreads), 0, s, reinterpret_cast<float2*>(stats.ptr<float>()), row_loss.ptr<float>(),
                    status_word.ptr<int>(), logits.ptr<float>(), targets.ptr<Target>(), rows, V);
     }
     const int pos = status::first_bad(status_word.ptr<int>(), rows, s);
@@ -191,61 +208,63 @@ void forward_targets(const Tensor& loss, const Tensor& lse, const Tensor& row_lo
 }
 
 template <typename Target>
-void backward_targets(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+void backward_targets(const Tensor& dlogits, const Tensor& logits, const Tensor& stats,
                       const Tensor& targets, const Tensor& count, float dloss, int rows, int V,
                       cudaStream_t s) {
     if (rows == 0) return;
     if (vectorisable(V, logits, dlogits))
         launch("softmax_xent_backward_kernel<vec4>", softmax_xent_backward_kernel<4, Target>,
                dim3(rows), dim3(kRowThreads), 0, s, dlogits.ptr<float>(), logits.ptr<float>(),
-               lse.ptr<float>(), targets.ptr<Target>(), count.ptr<int>(), dloss, V);
+               reinterpret_cast<float2*>(stats.ptr<float>()), targets.ptr<Target>(), count.ptr<int>(), dloss, V);
     else
         launch("softmax_xent_backward_kernel<scalar>", softmax_xent_backward_kernel<1, Target>,
                dim3(rows), dim3(kRowThreads), 0, s, dlogits.ptr<float>(), logits.ptr<float>(),
-               lse.ptr<float>(), targets.ptr<Target>(), count.ptr<int>(), dloss, V);
+               reinterpret_cast<float2*>(stats.ptr<float>()), targets.ptr<Target>(), count.ptr<int>(), dloss, V);
 }
 
 }  // namespace
 
-void softmax_xent_forward(const Tensor& loss, const Tensor& lse, const Tensor& row_loss,
+void softmax_xent_forward(const Tensor& loss, const Tensor& stats, const Tensor& row_loss,
                           const Tensor& count, const Tensor& status_word, const Tensor& logits,
                           const Tensor& targets, Stream stream) {
     const auto [rows, V] = check_logits_targets(logits, targets);
     expect_output(loss, DType::F32);
     expect_numel(loss, 1, "the mean loss");
-    expect_output(lse, DType::F32);
-    expect_numel(lse, rows, "one log-sum-exp per row of logits");
+    expect_output(stats, DType::F32);
+    expect_numel(stats, 2 * int64_t(rows), "(max, log-sum) per row of logits");
+    if (!is_aligned(stats.data, 8)) throw ValueError(str(stats.name, ": expected 8-byte alignment"));
     expect_output(row_loss, DType::F32);
     expect_numel(row_loss, rows, "one loss per row of logits");
     expect_output(count, DType::I32);
     expect_numel(count, 1, "the number of counted rows");
     expect_output(status_word, DType::I32);
     expect_numel(status_word, 1, "one status word");
-    expect_same_device({&logits, &targets, &loss, &lse, &row_loss, &count, &status_word});
+    expect_same_device({&logits, &targets, &loss, &stats, &row_loss, &count, &status_word});
 
     auto s = static_cast<cudaStream_t>(stream);
     status::clear(status_word.ptr<int>(), s);
     if (targets.dtype == DType::I32)
-        forward_targets<int32_t>(loss, lse, row_loss, count, status_word, logits, targets, rows, V, s);
+        forward_targets<int32_t>(loss, stats, row_loss, count, status_word, logits, targets, rows, V, s);
     else
-        forward_targets<int64_t>(loss, lse, row_loss, count, status_word, logits, targets, rows, V, s);
+        forward_targets<int64_t>(loss, stats, row_loss, count, status_word, logits, targets, rows, V, s);
 }
 
-void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& stats,
                            const Tensor& targets, const Tensor& count, float dloss, Stream stream) {
     const auto [rows, V] = check_logits_targets(logits, targets);
-    expect_input(lse, DType::F32);
-    expect_numel(lse, rows, "one log-sum-exp per row of logits");
+    expect_input(stats, DType::F32);
+    expect_numel(stats, 2 * int64_t(rows), "(max, log-sum) per row of logits");
+    if (!is_aligned(stats.data, 8)) throw ValueError(str(stats.name, ": expected 8-byte alignment"));
     expect_input(count, DType::I32);
     expect_numel(count, 1, "the number of counted rows");
     expect_output(dlogits, DType::F32);
     expect_same_shape(dlogits, logits);
-    expect_same_device({&logits, &targets, &lse, &count, &dlogits});
+    expect_same_device({&logits, &targets, &stats, &count, &dlogits});
     auto s = static_cast<cudaStream_t>(stream);
     if (targets.dtype == DType::I32)
-        backward_targets<int32_t>(dlogits, logits, lse, targets, count, dloss, rows, V, s);
+        backward_targets<int32_t>(dlogits, logits, stats, targets, count, dloss, rows, V, s);
     else
-        backward_targets<int64_t>(dlogits, logits, lse, targets, count, dloss, rows, V, s);
+        backward_targets<int64_t>(dlogits, logits, stats, targets, count, dloss, rows, V, s);
 }
 
 }  // namespace scratch::kernels

@@ -11,9 +11,9 @@ def token_ids(rt, idx, name="idx"):
     """idx as an int32 / int64 array of the backend (other integer dtypes are widened)."""
     if not hasattr(idx, "dtype"):
         raise TypeError(f"{name}: expected an array of integers, got {type(idx).__name__}")
-    idx = rt.input(name, idx)
-    if idx.dtype.kind not in "iu":
+    if np.dtype(idx.dtype).kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {idx.dtype}")
+    idx = rt.input(name, idx)
     if idx.dtype not in (np.int32, np.int64):
         idx = idx.astype(np.int64)
     return idx

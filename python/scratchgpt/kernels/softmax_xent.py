@@ -2,8 +2,9 @@
 interface.
 
 forward(logits [..., V], targets [...]) -> scalar loss (float32; a 0-d array on cuda), cache
-(logits, targets, lse, count): the per-row log-sum-exp and the number of counted rows stay on
-the device, and the backward recomputes the probabilities from lse instead of storing them.
+(logits, targets, stats, count): per row (max, log-sum) with lse = max + log-sum, and the
+number of counted rows, all on the device; the backward recomputes the probabilities from them
+instead of storing them.
 backward(dloss, cache) -> dlogits.
 """
 import numpy as np
@@ -21,17 +22,17 @@ class SoftmaxXent:
         targets = token_ids(rt, targets, "targets")
         rows = logits.size // logits.shape[-1] if logits.ndim and logits.shape[-1] else 0
         loss = rt.empty((1,))
-        lse = rt.empty((rows,))
+        stats = rt.empty((rows, 2))
         row_loss = rt.empty((rows,))
         count = rt.empty((1,), np.int32)
         status = rt.empty((1,), np.int32)
-        rt.lib.softmax_xent_forward(loss, lse, row_loss, count, status, logits, targets, rt.stream())
+        rt.lib.softmax_xent_forward(loss, stats, row_loss, count, status, logits, targets, rt.stream())
         value = np.float32(loss[0]) if rt.backend == "host" else loss.reshape(())
-        return value, (logits, targets, lse, count)
+        return value, (logits, targets, stats, count)
 
     def backward(self, dloss, cache):
         rt = self.rt
-        logits, targets, lse, count = cache
+        logits, targets, stats, count = cache
         dlogits = rt.empty(logits.shape)
-        rt.lib.softmax_xent_backward(dlogits, logits, lse, targets, count, float(dloss), rt.stream())
+        rt.lib.softmax_xent_backward(dlogits, logits, stats, targets, count, float(dloss), rt.stream())
         return dlogits
