@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "core/kernel.h"
+#include "csrc/disjoint.h"
 #include "csrc/launchers.h"
 
 namespace scratch::kernels {
@@ -105,6 +106,7 @@ void dropout_apply(const Tensor& out, const Tensor& x, uint32_t threshold, float
     expect_output(out, DType::F32);
     expect_same_shape(out, x);
     expect_same_device({&x, &out});
+    expect_disjoint(out, {&x});
     if (!(scale >= 1.0f) || !std::isfinite(scale))
         throw ValueError(str("scale: expected 1 / (1 - p) >= 1, got ", scale));
     const int64_t n = x.numel();

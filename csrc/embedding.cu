@@ -26,6 +26,7 @@
 //      long pole, the price of a fixed summation order without atomics.
 #include "core/kernel.h"
 #include "csrc/device_status.h"
+#include "csrc/disjoint.h"
 #include "csrc/launchers.h"
 
 namespace scratch::kernels {
@@ -265,7 +266,9 @@ void embedding_forward(const Tensor& out, const Tensor& idx, const Tensor& wte, 
     expect_output(status_word, DType::I32);
     expect_numel(status_word, 1, "one status word");
     expect_same_device({&idx, &wte, &wpe, &out, &status_word});
-    if (N == 0 || C == 0) return;
+    expect_disjoint(out, {&idx, &wte, &wpe, &status_word});
+    expect_disjoint(status_word, {&idx, &wte, &wpe});
+    if (N == 0) return;
 
     auto s = static_cast<cudaStream_t>(stream);
     status::clear(status_word.ptr<int>(), s);
@@ -302,6 +305,9 @@ void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& wo
     if (workspace.numel() < need)
         throw ValueError(str(workspace.name, ": expected at least ", need, " int32, got ", workspace.numel()));
     expect_same_device({&idx, &dout, &dwte, &dwpe, &workspace});
+    expect_disjoint(dwte, {&dwpe, &workspace, &dout, &idx});
+    expect_disjoint(dwpe, {&workspace, &dout, &idx});
+    expect_disjoint(workspace, {&dout, &idx});
     if (C == 0) return;
 
     auto s = static_cast<cudaStream_t>(stream);

@@ -27,6 +27,7 @@
 
 #include "core/kernel.h"
 #include "csrc/device_status.h"
+#include "csrc/disjoint.h"
 #include "csrc/launchers.h"
 
 namespace scratch::kernels {
@@ -240,6 +241,11 @@ void softmax_xent_forward(const Tensor& loss, const Tensor& stats, const Tensor&
     expect_output(status_word, DType::I32);
     expect_numel(status_word, 1, "one status word");
     expect_same_device({&logits, &targets, &loss, &stats, &row_loss, &count, &status_word});
+    for (const Tensor* out : {&loss, &stats, &row_loss, &count, &status_word}) {
+        expect_disjoint(*out, {&logits, &targets});
+        for (const Tensor* other : {&loss, &stats, &row_loss, &count, &status_word})
+            if (other != out) expect_disjoint(*out, {other});
+    }
 
     auto s = static_cast<cudaStream_t>(stream);
     status::clear(status_word.ptr<int>(), s);
@@ -260,6 +266,7 @@ void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Te
     expect_output(dlogits, DType::F32);
     expect_same_shape(dlogits, logits);
     expect_same_device({&logits, &targets, &stats, &count, &dlogits});
+    expect_disjoint(dlogits, {&logits, &targets, &stats, &count});
     auto s = static_cast<cudaStream_t>(stream);
     if (targets.dtype == DType::I32)
         backward_targets<int32_t>(dlogits, logits, stats, targets, count, dloss, rows, V, s);

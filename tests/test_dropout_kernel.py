@@ -133,3 +133,5 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.dropout_apply(np.empty_like(x), x, 5, 0.5, 0, 0, 0)
     with pytest.raises(ValueError, match=r"^words: expected shape \(\*, 4\)"):
         lib.dropout_philox_blocks(np.empty((2, 3), np.int32), 0, 0, 0)
+    with pytest.raises(ValueError, match=r"^out: shares memory with x"):
+        lib.dropout_apply(x, x, 5, 2.0, 0, 0, 0)

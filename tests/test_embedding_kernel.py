@@ -154,3 +154,8 @@ def test_arguments_are_checked_by_name(host_runtime):
     with pytest.raises(ValueError, match=r"^dout: expected shape \(2, 4, 8\)"):
         lib.embedding_backward(np.empty_like(wte), np.empty_like(wpe), np.zeros(30, np.int32),
                                dout[:, :3].copy(), idx)
+    with pytest.raises(ValueError, match=r"^out: shares memory with wte"):
+        lib.embedding_forward(wte[:8].reshape(2, 4, 8), idx, wte, wpe, status)
+    with pytest.raises(ValueError, match=r"^dwpe: shares memory with dout"):
+        lib.embedding_backward(np.empty_like(wte), dout.reshape(-1)[:32].reshape(4, 8),
+                               np.zeros(30, np.int32), dout, idx)

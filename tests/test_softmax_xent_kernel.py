@@ -140,3 +140,5 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.softmax_xent_forward(*out[:3], np.zeros(1, np.float32), out[4], logits, targets)
     with pytest.raises(ValueError, match=r"^dlogits: expected the shape of logits"):
         lib.softmax_xent_backward(np.zeros((4, 9), np.float32), logits, out[1], targets, out[3], 1.0)
+    with pytest.raises(ValueError, match=r"^dlogits: shares memory with logits"):
+        lib.softmax_xent_backward(logits, logits, out[1], targets, out[3], 1.0)
