@@ -27,3 +27,14 @@ def shifted(a):
     out[...] = a
     assert out.ctypes.data % 16 == 4
     return out
+
+
+def assert_sum_close(got, want, want_abs, terms, tol=1e-5):
+    """A float32 sum of `terms` values per output against the float64 `want`: relative error
+    below `tol`, or within the float32 summation bound terms * 2^-24 * sum|values| (`want_abs`,
+    the same sums over absolute values) where the values cancel."""
+    got = np.asarray(got, np.float64)
+    assert np.isfinite(got).all(), "NaN or inf in the kernel's output (an element not written?)"
+    err = np.linalg.norm(got - want)
+    assert err <= tol * np.linalg.norm(want) + terms * 2.0**-24 * np.linalg.norm(want_abs), \
+        (err, np.linalg.norm(want))

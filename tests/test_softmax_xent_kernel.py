@@ -39,11 +39,16 @@ def check_against_reference(rt, logits, targets, dloss=0.7):
     r_dlogits = ref.backward(dloss, cache)
     rows = len(stats)
     tol = 1e-4 if rows > 256 else 1e-5                   # the mean is a long sum over rows
-    assert abs(float(loss[0]) - r_loss) <= tol * abs(r_loss) or (r_loss == 0 and loss[0] == 0)
+    # the float64 reference itself rounds lse - z_y at ~2^-52 |lse| (it returns exactly 0 for a
+    # loss below that, where the kernel's log1p resolves it)
+    reference_rounding = 2.0**-52 * np.abs(cache[1]).max(initial=0.0)
+    assert abs(float(loss[0]) - r_loss) <= tol * abs(r_loss) + reference_rounding
     assert rel_err(f64(stats[:, 0]) + stats[:, 1], cache[1]) < 1e-5
     assert int(count[0]) == cache[4]
-    if np.linalg.norm(r_dlogits) > 0:
-        assert rel_err(dlogits, r_dlogits) < 1e-5
+    if np.linalg.norm(r_dlogits) > 0:   # again within the reference's own rounding of p - 1
+        err = np.linalg.norm(f64(dlogits) - r_dlogits)
+        assert np.isfinite(dlogits).all()
+        assert err < 1e-5 * np.linalg.norm(r_dlogits) + 2.0**-52 * abs(dloss) / cache[4] * np.sqrt(dlogits.size)
     else:
         assert np.array_equal(dlogits, np.zeros_like(dlogits))   # every row ignored
     return loss, dlogits
