@@ -159,3 +159,9 @@ def test_arguments_are_checked_by_name(host_runtime):
     with pytest.raises(ValueError, match=r"^dwpe: shares memory with dout"):
         lib.embedding_backward(np.empty_like(wte), dout.reshape(-1)[:32].reshape(4, 8),
                                np.zeros(30, np.int32), dout, idx)
+
+
+@pytest.mark.slow
+def test_large(kernel_runtime):
+    """GPT-2 sizes: B*T = 8192 positions (8 chunks of the scatter), V = 50304, C = 768."""
+    check_against_reference(kernel_runtime, *make_inputs(8, 1024, 1024, 50304, 768, 0, distinct=2000))

@@ -146,3 +146,9 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.softmax_xent_backward(np.zeros((4, 9), np.float32), logits, out[1], targets, out[3], 1.0)
     with pytest.raises(ValueError, match=r"^dlogits: shares memory with logits"):
         lib.softmax_xent_backward(logits, logits, out[1], targets, out[3], 1.0)
+
+
+@pytest.mark.slow
+def test_large(kernel_runtime):
+    """GPT-2's padded vocabulary over 512 rows (a long mean)."""
+    check_against_reference(kernel_runtime, *make_inputs((2, 256), 50304, 0))
