@@ -200,7 +200,7 @@ void global_norm_finish(const Tensor& norm, const Tensor& partials, Stream strea
            to_int(partials.numel(), "partial sums"));
 }
 
-void scale_inplace(const Tensor& x, float factor, Stream stream) {
+void global_norm_clip(const Tensor& x, float factor, Stream stream) {
     expect_output(x, DType::F32);
     if (!std::isfinite(factor)) throw ValueError(str("factor: expected a finite number, got ", factor));
     const int64_t n = x.numel();

@@ -364,11 +364,11 @@ PYBIND11_MODULE(_host, m) {
               k::global_norm_finish(t_norm, t_part, as_stream(stream));
           },
           "norm"_a, "partials"_a, "stream"_a = 0);
-    m.def("scale_inplace",
+    m.def("global_norm_clip",
           [](py::object x, float factor, uintptr_t stream) {
               Tensor t_x = as_tensor(x, "x");
               py::gil_scoped_release nogil;
-              k::scale_inplace(t_x, factor, as_stream(stream));
+              k::global_norm_clip(t_x, factor, as_stream(stream));
           },
           "x"_a, "factor"_a, "stream"_a = 0);
 

@@ -84,7 +84,8 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
 int64_t global_norm_blocks(int64_t n);
 void global_norm_partials(const Tensor& partials, const Tensor& x, Stream stream);
 void global_norm_finish(const Tensor& norm, const Tensor& partials, Stream stream);
-void scale_inplace(const Tensor& x, float factor, Stream stream);
+// Clipping: x *= factor in place (factor = max_norm / (norm + 1e-6), computed by the caller).
+void global_norm_clip(const Tensor& x, float factor, Stream stream);
 
 // ----------------------------------------------------------------------- executor_tests.cu
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).

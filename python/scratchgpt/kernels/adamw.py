@@ -39,5 +39,5 @@ class AdamW:
         if max_norm is not None and norm > max_norm:
             factor = float(np.float32(max_norm / (norm + 1e-6)))
             for g in grads:
-                rt.lib.scale_inplace(g, factor, rt.stream())
+                rt.lib.global_norm_clip(g, factor, rt.stream())
         return norm
