@@ -269,6 +269,7 @@ PYBIND11_MODULE(_host, m) {
               k::residual_forward(t_out, t_a, t_b, as_stream(stream));
           },
           "out"_a, "a"_a, "b"_a, "stream"_a = 0);
+
     // ------------------------------------------------------------------------ embedding.cu
     m.def("embedding_forward",
           [](py::object out, py::object idx, py::object wte, py::object wpe, py::object status,

@@ -46,6 +46,7 @@ void gelu_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, int mo
 // ----------------------------------------------------------------------------- residual.cu
 // out = a + b; out may be a or b itself (the in-place accumulate a += b).
 void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b, Stream stream);
+
 // ---------------------------------------------------------------------------- embedding.cu
 // idx int32/int64 [B, T], wte [V, C], wpe [Tmax >= T, C] -> out [B, T, C]. status: int32 [1]
 // scratch; a bad id raises ValueError naming its position and value.
