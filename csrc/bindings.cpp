@@ -313,6 +313,108 @@ PYBIND11_MODULE(_host, m) {
               k::attention_decode(t_y, t_q, t_k, t_v, t0, window, as_stream(stream));
           },
           "y"_a, "q"_a, "k_cache"_a, "v_cache"_a, "t0"_a, "window"_a, "stream"_a = 0);
+    // ------------------------------------------------------------------------ embedding.cu
+    m.def("embedding_forward",
+          [](py::object out, py::object idx, py::object wte, py::object wpe, py::object status,
+             uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_idx = as_tensor(idx, "idx"),
+                     t_wte = as_tensor(wte, "wte"), t_wpe = as_tensor(wpe, "wpe"),
+                     t_status = as_tensor(status, "status");
+              py::gil_scoped_release nogil;
+              k::embedding_forward(t_out, t_idx, t_wte, t_wpe, t_status, as_stream(stream));
+          },
+          "out"_a, "idx"_a, "wte"_a, "wpe"_a, "status"_a, "stream"_a = 0);
+    m.def("embedding_backward_workspace", &k::embedding_backward_workspace, "vocab_size"_a,
+          "positions"_a);
+    m.def("embedding_backward",
+          [](py::object dwte, py::object dwpe, py::object workspace, py::object dout, py::object idx,
+             uintptr_t stream) {
+              Tensor t_dwte = as_tensor(dwte, "dwte"), t_dwpe = as_tensor(dwpe, "dwpe"),
+                     t_ws = as_tensor(workspace, "workspace"), t_dout = as_tensor(dout, "dout"),
+                     t_idx = as_tensor(idx, "idx");
+              py::gil_scoped_release nogil;
+              k::embedding_backward(t_dwte, t_dwpe, t_ws, t_dout, t_idx, as_stream(stream));
+          },
+          "dwte"_a, "dwpe"_a, "workspace"_a, "dout"_a, "idx"_a, "stream"_a = 0);
+
+    // --------------------------------------------------------------------- softmax_xent.cu
+    m.def("softmax_xent_forward",
+          [](py::object loss, py::object stats, py::object row_loss, py::object count,
+             py::object status, py::object logits, py::object targets, uintptr_t stream) {
+              Tensor t_loss = as_tensor(loss, "loss"), t_stats = as_tensor(stats, "stats"),
+                     t_row = as_tensor(row_loss, "row_loss"), t_count = as_tensor(count, "count"),
+                     t_status = as_tensor(status, "status"), t_logits = as_tensor(logits, "logits"),
+                     t_targets = as_tensor(targets, "targets");
+              py::gil_scoped_release nogil;
+              k::softmax_xent_forward(t_loss, t_stats, t_row, t_count, t_status, t_logits, t_targets,
+                                      as_stream(stream));
+          },
+          "loss"_a, "stats"_a, "row_loss"_a, "count"_a, "status"_a, "logits"_a, "targets"_a,
+          "stream"_a = 0);
+    m.def("softmax_xent_backward",
+          [](py::object dlogits, py::object logits, py::object stats, py::object targets,
+             py::object count, float dloss, uintptr_t stream) {
+              Tensor t_dlogits = as_tensor(dlogits, "dlogits"), t_logits = as_tensor(logits, "logits"),
+                     t_stats = as_tensor(stats, "stats"), t_targets = as_tensor(targets, "targets"),
+                     t_count = as_tensor(count, "count");
+              py::gil_scoped_release nogil;
+              k::softmax_xent_backward(t_dlogits, t_logits, t_stats, t_targets, t_count, dloss,
+                                       as_stream(stream));
+          },
+          "dlogits"_a, "logits"_a, "stats"_a, "targets"_a, "count"_a, "dloss"_a, "stream"_a = 0);
+
+    // -------------------------------------------------------------------------- dropout.cu
+    m.def("dropout_apply",
+          [](py::object out, py::object x, uint32_t threshold, float scale, uint64_t seed,
+             uint64_t stream_id, uint64_t offset, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_x = as_tensor(x, "x");
+              py::gil_scoped_release nogil;
+              k::dropout_apply(t_out, t_x, threshold, scale, seed, stream_id, offset, as_stream(stream));
+          },
+          "out"_a, "x"_a, "threshold"_a, "scale"_a, "seed"_a, "stream_id"_a, "offset"_a,
+          "stream"_a = 0);
+    m.def("dropout_philox_blocks",
+          [](py::object words, uint64_t seed, uint64_t stream_id, uint64_t first, uintptr_t stream) {
+              Tensor t_words = as_tensor(words, "words");
+              py::gil_scoped_release nogil;
+              k::dropout_philox_blocks(t_words, seed, stream_id, first, as_stream(stream));
+          },
+          "words"_a, "seed"_a, "stream_id"_a, "first"_a, "stream"_a = 0);
+
+    // ---------------------------------------------------------------------------- adamw.cu
+    m.def("adamw_update",
+          [](py::object param, py::object grad, py::object m_, py::object v, int64_t step, double lr,
+             double beta1, double beta2, double eps, double weight_decay, uintptr_t stream) {
+              Tensor t_p = as_tensor(param, "param"), t_g = as_tensor(grad, "grad"),
+                     t_m = as_tensor(m_, "m"), t_v = as_tensor(v, "v");
+              py::gil_scoped_release nogil;
+              k::adamw_update(t_p, t_g, t_m, t_v, step, lr, beta1, beta2, eps, weight_decay,
+                              as_stream(stream));
+          },
+          "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a, "beta1"_a, "beta2"_a, "eps"_a,
+          "weight_decay"_a, "stream"_a = 0);
+    m.def("global_norm_blocks", &k::global_norm_blocks, "n"_a);
+    m.def("global_norm_partials",
+          [](py::object partials, py::object x, uintptr_t stream) {
+              Tensor t_part = as_tensor(partials, "partials"), t_x = as_tensor(x, "x");
+              py::gil_scoped_release nogil;
+              k::global_norm_partials(t_part, t_x, as_stream(stream));
+          },
+          "partials"_a, "x"_a, "stream"_a = 0);
+    m.def("global_norm_finish",
+          [](py::object norm, py::object partials, uintptr_t stream) {
+              Tensor t_norm = as_tensor(norm, "norm"), t_part = as_tensor(partials, "partials");
+              py::gil_scoped_release nogil;
+              k::global_norm_finish(t_norm, t_part, as_stream(stream));
+          },
+          "norm"_a, "partials"_a, "stream"_a = 0);
+    m.def("global_norm_clip",
+          [](py::object x, float factor, uintptr_t stream) {
+              Tensor t_x = as_tensor(x, "x");
+              py::gil_scoped_release nogil;
+              k::global_norm_clip(t_x, factor, as_stream(stream));
+          },
+          "x"_a, "factor"_a, "stream"_a = 0);
 
     // -------------------------------------------------------------------- executor_tests.cu
     m.def("exec_test_shuffles",

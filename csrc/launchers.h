@@ -65,6 +65,46 @@ void attention_materialized_backward(const Tensor& dqkv, const Tensor& dprobs, c
 // Generation: q [B, H, Tn, D] at positions t0.., k_cache and v_cache [B, H, S, D] -> y [B, Tn, H*D].
 void attention_decode(const Tensor& y, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       int t0, int window, Stream stream);
+// ---------------------------------------------------------------------------- embedding.cu
+// idx int32/int64 [B, T], wte [V, C], wpe [Tmax >= T, C] -> out [B, T, C]. status: int32 [1]
+// scratch; a bad id raises ValueError naming its position and value.
+void embedding_forward(const Tensor& out, const Tensor& idx, const Tensor& wte, const Tensor& wpe,
+                       const Tensor& status, Stream stream);
+// int32 scratch embedding_backward needs for V token ids and B*T positions (bucket sort).
+int64_t embedding_backward_workspace(int64_t vocab_size, int64_t positions);
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& workspace,
+                        const Tensor& dout, const Tensor& idx, Stream stream);
+
+// ------------------------------------------------------------------------- softmax_xent.cu
+// logits [..., V], targets int32/int64 [...] (-1: ignored) -> loss [1] (mean over counted rows),
+// stats [rows, 2] ((max, log-sum) per row: lse = max + log-sum), row_loss [rows], count [1]
+// (counted rows); status: int32 [1] scratch.
+void softmax_xent_forward(const Tensor& loss, const Tensor& stats, const Tensor& row_loss,
+                          const Tensor& count, const Tensor& status, const Tensor& logits,
+                          const Tensor& targets, Stream stream);
+void softmax_xent_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& stats,
+                           const Tensor& targets, const Tensor& count, float dloss, Stream stream);
+
+// ------------------------------------------------------------------------------ dropout.cu
+// out = x * (Philox word(offset + e) >= threshold ? scale : 0); the backward is the same call.
+void dropout_apply(const Tensor& out, const Tensor& x, uint32_t threshold, float scale,
+                   uint64_t seed, uint64_t stream_id, uint64_t offset, Stream stream);
+// words [k, 4] (int32 bits) = Philox-4x32-10 of blocks first .. first + k - 1.
+void dropout_philox_blocks(const Tensor& words, uint64_t seed, uint64_t stream_id, uint64_t first,
+                           Stream stream);
+
+// -------------------------------------------------------------------------------- adamw.cu
+// One AdamW step on one tensor, in place (param, m, v).
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  int64_t step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, Stream stream);
+// Global norm: per tensor global_norm_partials into its global_norm_blocks(size) float64 slots
+// of a workspace, then global_norm_finish over the whole workspace -> norm [1] (float64).
+int64_t global_norm_blocks(int64_t n);
+void global_norm_partials(const Tensor& partials, const Tensor& x, Stream stream);
+void global_norm_finish(const Tensor& norm, const Tensor& partials, Stream stream);
+// Clipping: x *= factor in place (factor = max_norm / (norm + 1e-6), computed by the caller).
+void global_norm_clip(const Tensor& x, float factor, Stream stream);
 
 // ----------------------------------------------------------------------- executor_tests.cu
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).

@@ -236,7 +236,7 @@ def test_table_runs_the_compiled_kernels_on_the_host_executor():
         except (RuntimeError, NotImplementedError) as e:
             pytest.skip(f"host backend unavailable: {e}")
     timed = [op for op in kernels.OPS if op not in backend.fallbacks]
-    cases = [c for c in kernels.model_cases(B=2, T=8, C=24, H=2, V=40, P=300) if c.op in timed]
+    cases = [c for c in kernels.model_cases(B=2, T=8, C=24, H=2, V=40, P=3000) if c.op in timed]
     records = kernels.run_table(cases, backend, WallTimer(warmup=0, repeats=2, flush_bytes=1 << 16),
                                 {"copy_gbps": 10.0, "sgemm_tflops": 0.1}, progress=False, check_rows=8)
     assert records, "the host backend has at least one kernel"

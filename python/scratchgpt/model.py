@@ -116,7 +116,7 @@ class GPT:
             raise ValueError(f"{name}: expected shape [B, T], got {tuple(idx.shape)}")
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"{name}: T={idx.shape[1]} exceeds block_size={self.cfg.block_size}")
-        return xp.asarray(idx)
+        return xp.ascontiguousarray(idx)          # kernels take C-contiguous arrays only
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, idx, targets=None):
@@ -124,7 +124,7 @@ class GPT:
         be, P, cfg = self.be, self.params, self.cfg
         idx = self._check_idx(idx)
         if targets is not None:
-            targets = be.xp.asarray(targets)
+            targets = be.xp.ascontiguousarray(targets)
         caches = {}
         x, caches["embedding"] = be.embedding.forward(idx, P["wte.weight"], P["wpe.weight"])
         x, caches["embedding.drop"] = self._dropout(x, site=0)
@@ -273,7 +273,7 @@ class GPT:
                 x = ln("ln_2", x + mlp_branch(x))
         if cfg.ln_placement == "pre":
             x = be.layernorm.forward(x, P["ln_f.weight"], P["ln_f.bias"], cfg.ln_eps)[0]
-        return be.linear.forward(x[:, -1], P["wte.weight"])[0]
+        return be.linear.forward(xp.ascontiguousarray(x[:, -1]), P["wte.weight"])[0]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
                  use_cache=True):
@@ -309,7 +309,7 @@ class GPT:
                 if use_cache and out.shape[1] <= Tmax:
                     if kv is None:
                         kv = [[None, None] for _ in range(self.cfg.n_layer)]
-                    new = self.be.xp.asarray(ctx[:, cached:])
+                    new = self.be.xp.ascontiguousarray(ctx[:, cached:])
                     logits = self._forward_cached(new, kv, cached)
                     cached = ctx.shape[1]
                 else:

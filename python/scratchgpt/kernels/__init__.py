@@ -20,6 +20,7 @@ import numpy as np
 from . import layernorm
 from . import gelu, linear, residual
 from . import attention
+from . import adamw, dropout, embedding, softmax_xent
 
 REGISTRY = {
     "layernorm": layernorm.LayerNorm,
@@ -29,6 +30,11 @@ REGISTRY = {
     "residual": residual.Residual,
     # attention.cu
     "attention": attention.Attention,
+    # embedding.cu, softmax_xent.cu, dropout.cu, adamw.cu
+    "embedding": embedding.Embedding,
+    "softmax_xent": softmax_xent.SoftmaxXent,
+    "dropout": dropout.Dropout,
+    "adamw": adamw.AdamW,
 }
 
 _MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)
