@@ -4,7 +4,6 @@ executor always and, marked `cuda`, on the GPU. Outputs are poisoned with NaN be
 (The reference's own finite-difference tests: test_attention.py.)
 """
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -291,44 +290,6 @@ def test_arguments_are_checked_by_name(host_runtime):
         op.decode(q, kv, kv[:, :, :2], 2)
     with pytest.raises(ValueError, match=r"^window: expected None or a positive integer"):
         op.decode(q, kv, kv, 2, window=0)
-
-
-# --------------------------------------------------------------------------------- the model
-@pytest.mark.parametrize("version", VERSIONS)
-def test_model_with_banded_layers_matches_numpy(version, monkeypatch):
-    """A tiny GPT (a dense and a banded layer) on host with this kernel vs numpy float64."""
-    from scratchgpt import GPT, GPTConfig
-    monkeypatch.setenv("SCRATCHGPT_ATTENTION", version)
-    cfg = GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=24,
-                    attn_pattern=["dense", "banded"], attn_window=5)
-    idx = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 24))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        host = GPT(cfg, backend="host", dtype="float32", seed=0)
-    assert type(host.be.attention).__name__ == "Attention" and host.be.attention.version == version
-    numpy_model = GPT(cfg, backend="numpy", dtype="float64", seed=0)
-    _, loss = host.forward(idx, idx)
-    grads = host.backward()
-    _, ref_loss = numpy_model.forward(idx, idx)
-    ref_grads = numpy_model.backward()
-    assert abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)) < 1e-5
-    for name, g in ref_grads.items():
-        if np.linalg.norm(g) > 0:
-            assert rel_err(grads[name], g) < 1e-4, name
-
-
-def test_generation_with_the_kv_cache_matches_numpy():
-    """Greedy generation on host (decode kernel over the KV cache) picks numpy float64's tokens."""
-    from scratchgpt import GPT, GPTConfig
-    cfg = GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=24,
-                    attn_pattern=["dense", "banded"], attn_window=5)
-    prompt = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 6))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        host = GPT(cfg, backend="host", dtype="float32", seed=0)
-    numpy_model = GPT(cfg, backend="numpy", dtype="float64", seed=0)
-    assert np.array_equal(host.generate(prompt, 8, temperature=0),
-                          numpy_model.generate(prompt, 8, temperature=0))
 
 
 def test_misaligned_inputs_take_the_scalar_path(host_runtime):

@@ -18,28 +18,16 @@ from scratchgpt.optim import AdamW
 
 CONFIGS = {
     "pre-LN, dense": dict(),
+    "pre-LN, exact GELU": dict(gelu="none"),
     "pre-LN, dense/banded": dict(attn_pattern=["dense", "banded"], attn_window=3),
     "post-LN, banded": dict(ln_placement="post", attn_pattern="banded", attn_window=2),
 }
 
 
-@pytest.fixture(params=["host", pytest.param("cuda", marks=pytest.mark.cuda)])
-def backend(request, kernel_runtime_for):
-    return kernel_runtime_for(request.param)
-
-
 @pytest.fixture
-def kernel_runtime_for():
-    from scratchgpt.kernels import backend_status
-
-    def check(name):
-        status = backend_status(name)
-        if not status["available"]:
-            if name == "host":
-                pytest.fail(f"the host backend must be available: {status['reason']}")
-            pytest.skip(f"{name} backend unavailable: {status['reason']}")
-        return name
-    return check
+def backend(kernel_runtime):
+    """"host", and "cuda" (marked) where a GPU is present: see tests/conftest.py."""
+    return kernel_runtime.backend
 
 
 def rel(got, want):
@@ -76,16 +64,30 @@ def test_no_op_falls_back():
     assert be.fallbacks == []
 
 
-@pytest.mark.parametrize("label", list(CONFIGS))
-def test_forward_backward_match_reference(backend, label):
-    fast, ref = twin_models(backend, CONFIGS[label])
+def assert_step_matches(fast, ref, steps=1):
+    """Forward (steps times: dropout masks change each step) and backward on both models:
+    loss within 1e-5 relative, every gradient within 1e-4 relative norm."""
     idx, targets = batch()
-    _, loss = fast.forward(idx, targets)
-    _, ref_loss = ref.forward(idx, targets)
-    assert abs(float(loss) - ref_loss) <= 1e-5 * abs(ref_loss)
+    for _ in range(steps):
+        _, loss = fast.forward(idx, targets)
+        _, ref_loss = ref.forward(idx, targets)
+        assert abs(float(loss) - ref_loss) <= 1e-5 * abs(ref_loss)
     grads, ref_grads = fast.backward(), ref.backward()
     for k in ref_grads:
         assert rel(fast.be.asnumpy(grads[k]), ref_grads[k]) < 1e-4, k
+
+
+@pytest.mark.parametrize("label", list(CONFIGS))
+def test_forward_backward_match_reference(backend, label):
+    assert_step_matches(*twin_models(backend, CONFIGS[label]))
+
+
+def test_materialized_attention_matches_reference(backend, monkeypatch):
+    """The model on attention version (a), the study version, instead of the fused default."""
+    monkeypatch.setenv("SCRATCHGPT_ATTENTION", "materialized")
+    fast, ref = twin_models(backend, CONFIGS["pre-LN, dense/banded"])
+    assert fast.be.attention.version == "materialized"
+    assert_step_matches(fast, ref)
 
 
 def test_adamw_step_matches_reference(backend):
@@ -108,15 +110,7 @@ def test_adamw_step_matches_reference(backend):
 
 
 def test_dropout_masks_match_reference(backend):
-    fast, ref = twin_models(backend, {}, dropout=0.25)
-    idx, targets = batch()
-    for _ in range(2):                      # two steps: the masks change with the step
-        _, loss = fast.forward(idx, targets)
-        _, ref_loss = ref.forward(idx, targets)
-        assert abs(float(loss) - ref_loss) <= 1e-5 * abs(ref_loss)
-    grads, ref_grads = fast.backward(), ref.backward()
-    for k in ref_grads:
-        assert rel(fast.be.asnumpy(grads[k]), ref_grads[k]) < 1e-4, k
+    assert_step_matches(*twin_models(backend, {}, dropout=0.25), steps=2)
 
 
 def test_cached_generation_on_kernels_equals_reference(backend):

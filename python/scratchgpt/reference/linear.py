@@ -2,8 +2,6 @@
 
     out = x @ W^T + b
 """
-import numpy as np
-
 from ._checks import check_float, check_ndim, check_shape, check_same_dtype
 
 
