@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scratchgpt import GPT, GPTConfig
-from scratchgpt.checkpoint import save_checkpoint
+from scratchgpt.checkpoint import load_model, save_checkpoint
 from scratchgpt.cli import main
 from scratchgpt.finetune import (ClassifierHead, baseline_accuracy, make_batch, read_labelled,
                                  split_examples)
@@ -130,3 +130,22 @@ def test_sentiment_data_and_its_baseline():
     tr, te = split_examples(len(texts), 0.2, seed=1337)
     acc = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te], 2)
     assert acc == pytest.approx(0.8333, abs=1e-4)          # the figure in the README
+
+
+def test_without_ckpt_a_small_model_is_pretrained_first_and_reused(tmp_path, capsys):
+    data = tmp_path / "toy.tsv"
+    write_toy_task(data, n=60)
+    argv = ["finetune", "--data", str(data), "--out", str(tmp_path / "ft"), "--preset", "nano",
+            "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+            "--block-size", "16", "--pretrain-steps", "3", "--pretrain-batch-size", "2",
+            "--corpus-mb", "0.05", "--epochs", "1", "--no-progress", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["pretrained_from"].endswith(os.path.join("pretrain", "ckpt_000003"))
+    model, _, tok, _ = load_model(first["pretrained_from"])
+    assert model.cfg.n_layer == 1 and tok.kind == "bpe" and tok.vocab_size <= 300
+    # the pretraining data held the 48 training texts, 4 copies each (--text-repeats)
+    with open(tmp_path / "ft" / "pretrain" / "data" / "source.json") as f:
+        assert json.load(f)["extra_docs"] == 48 * 4
+    assert main(argv) == 0
+    assert "reusing" in capsys.readouterr().out

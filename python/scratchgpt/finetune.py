@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .checkpoint import list_checkpoints, load_model, save_checkpoint
+from .checkpoint import list_checkpoints, load_model, read_state, save_checkpoint
 from .data import TEXT_SUFFIXES
 from .optim import AdamW
 from .train import log, parse_args as parse_train_args, resolve_backend, train
@@ -220,8 +220,8 @@ def baseline_accuracy(train_texts, train_y, test_texts, test_y, n_classes):
 
 
 # ------------------------------------------------------------------------------ pretraining
-def pretrain(args, texts):
-    """A small GPT pretrained on the fine-tuning texts (train split) and the default corpus."""
+def pretrain_args(args):
+    """The `scratchgpt train` arguments of the pretraining run."""
     argv = ["--preset", args.preset, "--vocab-size", str(args.vocab_size),
             "--n-layer", str(args.n_layer), "--n-head", str(args.n_head),
             "--n-embd", str(args.n_embd),
@@ -235,6 +235,20 @@ def pretrain(args, texts):
         argv.append("--no-progress")
     targs = parse_train_args(argv)
     targs.json = args.json
+    return targs
+
+
+def pretrained_checkpoint(args, texts):
+    """A small GPT pretrained on the fine-tuning texts (train split) and the default corpus;
+    a finished pretraining run with the same arguments in OUT/pretrain is reused."""
+    targs = pretrain_args(args)
+    done = list_checkpoints(targs.out)
+    if done and done[-1].endswith(f"ckpt_{args.pretrain_steps:06d}"):
+        saved = read_state(done[-1])["args"]
+        volatile = ("json", "progress", "lr_decay_steps", "_defaults")
+        if all(saved.get(k) == v for k, v in vars(targs).items() if k not in volatile):
+            log(args, f"pretrained model: reusing {done[-1]}")
+            return done[-1]
     # the labelled texts are short and few: repeat them so they weigh against the corpus
     summary = train(targs, extra_docs=list(texts) * args.text_repeats)
     log(args, f"pretrained: val loss {summary['final_val_loss']:.3f} after "
@@ -257,14 +271,7 @@ def finetune(args):
                              len(classes))
     log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
 
-    ckpt = args.ckpt
-    if ckpt is None:
-        done = list_checkpoints(os.path.join(args.out, "pretrain"))
-        if done and done[-1].endswith(f"ckpt_{args.pretrain_steps:06d}"):
-            ckpt = done[-1]
-            log(args, f"pretrained model: reusing {ckpt}")
-        else:
-            ckpt = pretrain(args, [texts[i] for i in tr])
+    ckpt = args.ckpt or pretrained_checkpoint(args, [texts[i] for i in tr])
     backend = resolve_backend(args.backend)
     model, _, tok, ckpt = load_model(ckpt, backend=backend)
     if tok is None:
