@@ -148,4 +148,4 @@ def test_without_ckpt_a_small_model_is_pretrained_first_and_reused(tmp_path, cap
     with open(tmp_path / "ft" / "pretrain" / "data" / "source.json") as f:
         assert json.load(f)["extra_docs"] == 48 * 4
     assert main(argv) == 0
-    assert "reusing" in capsys.readouterr().out
+    assert "reusing" in capsys.readouterr().err            # --json: messages go to stderr
