@@ -54,10 +54,12 @@ def merge_heads(y):
     return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def softmax(s):
-    s = s - s.max(axis=-1, keepdims=True)
-    e = np.exp(s)
-    return e / e.sum(axis=-1, keepdims=True)
+def softmax(s, out=None):
+    """Row softmax over the last axis; out=s overwrites the scores (no B*H*T*T temporaries)."""
+    out = np.subtract(s, s.max(axis=-1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
 
 
 def forward(qkv, n_head, window=None):
@@ -66,9 +68,10 @@ def forward(qkv, n_head, window=None):
     q, k, v = split_heads(qkv, n_head)
     T, D = q.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(D)
-    s = (q @ k.transpose(0, 1, 3, 2)) * scale                 # (1) scores
-    s = np.where(allowed_mask(T, window), s, -np.inf)          # (2) mask (diagonal always allowed)
-    p = softmax(s)                                             # (3)
+    s = q @ k.transpose(0, 1, 3, 2)
+    s *= scale                                                 # (1) scores
+    s += np.where(allowed_mask(T, window), 0.0, -np.inf).astype(s.dtype)   # (2) mask M (diagonal always allowed)
+    p = softmax(s, out=s)                                      # (3)
     y = p @ v                                                  # (4)
     return merge_heads(y), (q, k, v, p, scale)
 
@@ -80,11 +83,13 @@ def backward(dy, cache):
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)          # [B, H, T, D]
     dv = p.transpose(0, 1, 3, 2) @ dy                          # (5) dV = P^T dY
     dp = dy @ v.transpose(0, 1, 3, 2)                          # (6) dP = dY V^T
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))       # (7) softmax Jacobian; masked P = 0
-    dq = (ds @ k) * scale                                      # (8)
-    dk = (ds.transpose(0, 1, 3, 2) @ q) * scale                # (9)
-    dqkv = np.stack([dq, dk, dv])                              # [3, B, H, T, D]
-    return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
+    dp -= (dp * p).sum(axis=-1, keepdims=True)
+    ds = np.multiply(p, dp, out=dp)                            # (7) softmax Jacobian; masked P = 0
+    dqkv = np.empty((B, T, 3, H, D), dtype=dy.dtype)           # the packed layout of qkv
+    dqkv[:, :, 0] = (ds @ k).transpose(0, 2, 1, 3) * scale                     # (8)
+    dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3) * scale   # (9)
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    return dqkv.reshape(B, T, 3 * H * D)
 
 
 def decode(q, k_cache, v_cache, t0, window=None):
