@@ -5,7 +5,8 @@
 #   1. the machine: nvidia-smi, compilers, Python packages
 #   2. the build: both modules, ptxas register/spill report for every kernel
 #   3. `scratchgpt info --json`: the cuda backend must see the GPU
-#   4. pytest -m cuda: every kernel and executor test on the GPU (the slow ones too)
+#   4. pytest -m cuda: every kernel and executor test on the GPU (the slow ones too); then
+#      compute-sanitizer memcheck and racecheck on a small model step, where the tool exists
 #   5. the kernel benchmarks (benchmarks/gpu_bench.sh), in the time left
 # Results in $OUT (at most 8 files): device_check.log, summary.json, info.json, ptxas.txt,
 # bench/ (the benchmark's json, md, png and log). Under 8 minutes.
@@ -107,6 +108,33 @@ else
 fi
 tests_s=$((SECONDS - tests_started))
 
+# --------------------------------------------------------------------------- 4b. compute-sanitizer
+step "compute-sanitizer"
+sanitizer_summary="not run"
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)"
+if [ "$cuda_available" != 1 ]; then
+    sanitizer_summary="not run (no GPU)"
+elif [ -z "$sanitizer" ]; then
+    sanitizer_summary="not run (no compute-sanitizer on this machine)"
+    echo "$sanitizer_summary"
+else
+    # a small model step (benchmarks/sanitizer_step.py); errors are reported, not fatal, so the
+    # benchmarks still run; the summary says what each tool found
+    sanitizer_summary=""
+    for tool in memcheck racecheck; do
+        set +e
+        timeout 100 "$sanitizer" --tool "$tool" --error-exitcode 3 python3 benchmarks/sanitizer_step.py 2>&1 | tail -n 25
+        status=${PIPESTATUS[0]}
+        set -e
+        case "$status" in
+            0) result="clean";; 3) result="ERRORS (see the log)";; 124) result="timed out after 100 s";;
+            *) result="failed (exit $status)";;
+        esac
+        echo "compute-sanitizer $tool: $result"
+        sanitizer_summary="${sanitizer_summary}${sanitizer_summary:+; }$tool: $result"
+    done
+fi
+
 # --------------------------------------------------------------------------------- 5. benchmarks
 step "kernel benchmarks"
 bench_status="not run"
@@ -129,7 +157,7 @@ fi
 # ---------------------------------------------------------------------------------------- summary
 step "summary"
 export DC_COMMIT="$commit" DC_GPU="$gpu" DC_BUILD_S="$build_s" DC_TESTS_S="$tests_s" \
-       DC_PYTEST="$pytest_summary" DC_BENCH="$bench_status" DC_TOTAL_S="$((SECONDS - started))"
+       DC_PYTEST="$pytest_summary" DC_SANITIZER="$sanitizer_summary" DC_BENCH="$bench_status" DC_TOTAL_S="$((SECONDS - started))"
 python3 - "$OUT" <<'EOF'
 import datetime, json, os, sys
 out = sys.argv[1]
@@ -139,7 +167,8 @@ summary = {"commit": env["DC_COMMIT"],
            "gpu": env["DC_GPU"] == "1",
            "cuda": json.load(open(os.path.join(out, "info.json")))["backends"]["cuda"],
            "build_s": int(env["DC_BUILD_S"]), "tests_s": int(env["DC_TESTS_S"]),
-           "pytest_cuda": env["DC_PYTEST"], "bench_status": env["DC_BENCH"],
+           "pytest_cuda": env["DC_PYTEST"], "compute_sanitizer": env["DC_SANITIZER"],
+           "bench_status": env["DC_BENCH"],
            "total_s": int(env["DC_TOTAL_S"])}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print(json.dumps(summary, indent=2))
