@@ -23,6 +23,40 @@ inline int elementwise_blocks(int64_t items) {
     return int(want < kElementwiseMaxBlocks ? (want > 0 ? want : 1) : kElementwiseMaxBlocks);
 }
 
+// The grid-stride loop itself: out[i] = f(a[i]) (or f(a[i], b[i])) over float4s [0, n/4) when
+// kVec, then single elements [first not covered, n). The element-wise kernels differ only in f.
+template <bool kVec, class F>
+__device__ __forceinline__ void map_elements(float* out, const float* a, int64_t n, F f) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t tail = 0;
+    if (kVec) {
+        const int64_t n4 = n / 4;
+        for (int64_t i = tid; i < n4; i += stride) {
+            const float4 u = load_float4(a + 4 * i);
+            store_float4(out + 4 * i, make_float4(f(u.x), f(u.y), f(u.z), f(u.w)));
+        }
+        tail = 4 * n4;
+    }
+    for (int64_t i = tail + tid; i < n; i += stride) out[i] = f(a[i]);
+}
+
+template <bool kVec, class F>
+__device__ __forceinline__ void map_elements(float* out, const float* a, const float* b, int64_t n, F f) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t tail = 0;
+    if (kVec) {
+        const int64_t n4 = n / 4;
+        for (int64_t i = tid; i < n4; i += stride) {
+            const float4 u = load_float4(a + 4 * i), v = load_float4(b + 4 * i);
+            store_float4(out + 4 * i, make_float4(f(u.x, v.x), f(u.y, v.y), f(u.z, v.z), f(u.w, v.w)));
+        }
+        tail = 4 * n4;
+    }
+    for (int64_t i = tail + tid; i < n; i += stride) out[i] = f(a[i], b[i]);
+}
+
 inline bool all_aligned16(std::initializer_list<const Tensor*> ts) {
     for (const Tensor* t : ts)
         if (!is_aligned(t->data, 16)) return false;

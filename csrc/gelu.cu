@@ -43,41 +43,16 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
-// Grid-stride over float4s [0, n/4) when kVec, then elements [first scalar, n).
 template <bool kExact, bool kVec>
 __global__ void __launch_bounds__(kElementwiseThreads)
 gelu_forward_kernel(float* out, const float* x, int64_t n) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t tail = 0;
-    if (kVec) {
-        const int64_t n4 = n / 4;
-        for (int64_t i = tid; i < n4; i += stride) {
-            const float4 v = load_float4(x + 4 * i);
-            store_float4(out + 4 * i, make_float4(gelu<kExact>(v.x), gelu<kExact>(v.y),
-                                                  gelu<kExact>(v.z), gelu<kExact>(v.w)));
-        }
-        tail = 4 * n4;
-    }
-    for (int64_t i = tail + tid; i < n; i += stride) out[i] = gelu<kExact>(x[i]);
+    map_elements<kVec>(out, x, n, [](float v) { return gelu<kExact>(v); });
 }
 
 template <bool kExact, bool kVec>
 __global__ void __launch_bounds__(kElementwiseThreads)
 gelu_backward_kernel(float* dx, const float* dout, const float* x, int64_t n) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t tail = 0;
-    if (kVec) {
-        const int64_t n4 = n / 4;
-        for (int64_t i = tid; i < n4; i += stride) {
-            const float4 v = load_float4(x + 4 * i), d = load_float4(dout + 4 * i);
-            store_float4(dx + 4 * i, make_float4(d.x * gelu_grad<kExact>(v.x), d.y * gelu_grad<kExact>(v.y),
-                                                 d.z * gelu_grad<kExact>(v.z), d.w * gelu_grad<kExact>(v.w)));
-        }
-        tail = 4 * n4;
-    }
-    for (int64_t i = tail + tid; i < n; i += stride) dx[i] = dout[i] * gelu_grad<kExact>(x[i]);
+    map_elements<kVec>(dx, dout, x, n, [](float d, float v) { return d * gelu_grad<kExact>(v); });
 }
 
 bool exact_mode(int mode) {

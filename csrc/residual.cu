@@ -23,18 +23,7 @@ namespace {
 template <bool kVec>
 __global__ void __launch_bounds__(kElementwiseThreads)
 residual_forward_kernel(float* out, const float* a, const float* b, int64_t n) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t tail = 0;
-    if (kVec) {
-        const int64_t n4 = n / 4;
-        for (int64_t i = tid; i < n4; i += stride) {
-            const float4 u = load_float4(a + 4 * i), v = load_float4(b + 4 * i);
-            store_float4(out + 4 * i, make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w));
-        }
-        tail = 4 * n4;
-    }
-    for (int64_t i = tail + tid; i < n; i += stride) out[i] = a[i] + b[i];
+    map_elements<kVec>(out, a, b, n, [](float u, float v) { return u + v; });
 }
 
 }  // namespace
