@@ -416,7 +416,7 @@ PYBIND11_MODULE(_host, m) {
           },
           "x"_a, "factor"_a, "stream"_a = 0);
 
-    // -------------------------------------------------------------------- executor_tests.cu
+    // ------------------------------------------ tests/kernels/executor_tests.cu (not an op)
     m.def("exec_test_shuffles",
           [](py::object out, py::object in, int block, int width, int delta, int src_lane, uintptr_t stream) {
               Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");

@@ -106,7 +106,7 @@ void global_norm_finish(const Tensor& norm, const Tensor& partials, Stream strea
 // Clipping: x *= factor in place (factor = max_norm / (norm + 1e-6), computed by the caller).
 void global_norm_clip(const Tensor& x, float factor, Stream stream);
 
-// ----------------------------------------------------------------------- executor_tests.cu
+// --------------------------------------------- tests/kernels/executor_tests.cu (not an op)
 // Small kernels that exercise one feature of the execution model each (tests/test_executor.py).
 void exec_test_shuffles(const Tensor& out, const Tensor& in, int block, int width, int delta,
                         int src_lane, Stream stream);

@@ -1,4 +1,4 @@
-"""The execution model (core/): small kernels from csrc/executor_tests.cu against NumPy.
+"""The execution model (core/): small kernels from tests/kernels/executor_tests.cu against NumPy.
 
 Each runs on the host executor and, marked `cuda`, on the GPU — the GPU run checks that the
 executor's semantics (shuffle edge cases, widths, partial masks) are the hardware's. Misuse

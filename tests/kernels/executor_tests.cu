@@ -1,4 +1,4 @@
-// csrc/executor_tests.cu — small kernels, one feature of the CUDA execution model each, run by
+// tests/kernels/executor_tests.cu — small kernels, one feature of the CUDA execution model each, run by
 // tests/test_executor.py on the host executor and (when present) on the GPU, against NumPy.
 // They are tests of core/, not ops: shuffles of every flavour, votes, partial masks, block
 // reductions over 3-D blocks, a shared-memory transpose, atomics, 3-D grids, dynamic shared
