@@ -60,6 +60,14 @@ def _leaf(t):
     return t.detach().clone().requires_grad_(True)
 
 
+def timed_pass(op, pass_, dout, *args, **kwargs):
+    """The callable to time: the op's forward, or its backward from one forward's cache."""
+    if pass_ == "forward":
+        return lambda: op.forward(*args, **kwargs)[0]
+    _, cache = op.forward(*args, **kwargs)
+    return lambda: op.backward(dout, cache)
+
+
 # ------------------------------------------------------------------------------------ ops
 class LayerNorm:
     op, passes, tol = "layernorm", ("forward", "backward"), 1e-5
@@ -70,10 +78,7 @@ class LayerNorm:
                 "bias": randn(xp, (C,), seed + 2, scale=0.1), "dout": randn(xp, (N, C), seed + 3)}
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["x"], a["weight"], a["bias"], 1e-5)[0]
-        _, cache = op.forward(a["x"], a["weight"], a["bias"], 1e-5)
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["x"], a["weight"], a["bias"], 1e-5)
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -104,10 +109,7 @@ class Linear:
         return a
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["x"], a["weight"], a["bias"])[0]
-        _, cache = op.forward(a["x"], a["weight"], a["bias"])
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["x"], a["weight"], a["bias"])
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -132,10 +134,7 @@ class Gelu:
         return {"x": randn(xp, (s["N"], s["C"]), seed) * 2, "dout": randn(xp, (s["N"], s["C"]), seed + 1)}
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["x"], "tanh")[0]
-        _, cache = op.forward(a["x"], "tanh")
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["x"], "tanh")
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -161,10 +160,7 @@ class Attention:
 
     def call(self, op, a, pass_):
         H = a["n_head"]
-        if pass_ == "forward":
-            return lambda: op.forward(a["qkv"], H)[0]
-        _, cache = op.forward(a["qkv"], H)
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["qkv"], H)
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -200,10 +196,7 @@ class SoftmaxXent:
         return {"logits": randn(xp, (N, V), seed) * 2, "targets": randint(xp, 0, V, (N,), seed + 1)}
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["logits"], a["targets"])[0]
-        _, cache = op.forward(a["logits"], a["targets"])
-        return lambda: op.backward(1.0, cache)
+        return timed_pass(op, pass_, 1.0, a["logits"], a["targets"])
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -231,10 +224,7 @@ class Embedding:
                 "wpe": randn(xp, (T, C), seed + 2, scale=0.02), "dout": randn(xp, (B, T, C), seed + 3)}
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["idx"], a["wte"], a["wpe"])[0]
-        _, cache = op.forward(a["idx"], a["wte"], a["wpe"])
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["idx"], a["wte"], a["wpe"])
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
@@ -262,10 +252,7 @@ class Dropout:
         return {"x": randn(xp, (s["N"], s["C"]), seed), "dout": randn(xp, (s["N"], s["C"]), seed + 1)}
 
     def call(self, op, a, pass_):
-        if pass_ == "forward":
-            return lambda: op.forward(a["x"], self.p, 1234, stream=7)[0]
-        _, cache = op.forward(a["x"], self.p, 1234, stream=7)
-        return lambda: op.backward(a["dout"], cache)
+        return timed_pass(op, pass_, a["dout"], a["x"], self.p, 1234, stream=7)
 
     def torch(self, torch, t, s, pass_):
         F = torch.nn.functional
