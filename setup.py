@@ -1,6 +1,8 @@
 """Build script: the package is pure Python plus two compiled kernel modules, built by CMake.
 
     scratchgpt.kernels._host   every csrc/*.cu compiled by the C++ compiler, run by the host executor
+    scratchgpt.kernels._emulated  the same kernels behind the cuda backend's bindings: the emulated
+                               device of SCRATCHGPT_EMULATE_CUDA=1 (tests and CI without a GPU)
     scratchgpt.kernels._cuda   the same sources compiled by nvcc (only when a CUDA compiler is found)
 
 Environment:

@@ -1,7 +1,10 @@
 // csrc/bindings.cpp — the Python face of the launchers (pybind11), compiled by the host C++
-// compiler only, twice: into `_host` (the kernels run by the host executor) and, with
-// SCRATCH_BUILD_CUDA, into `_cuda` (the same launchers compiled by nvcc). nvcc never sees
-// pybind11.
+// compiler only, three times: into `_host` (the kernels run by the host executor), with
+// SCRATCH_BUILD_CUDA into `_cuda` (the same launchers compiled by nvcc), and with
+// SCRATCH_EMULATED_DEVICE into `_emulated`: the cuda backend's binding path
+// (`__cuda_array_interface__`, device pointers checked against the device's allocations, streams)
+// over the host executor's kernels, so that CI runs the cuda backend without a GPU. nvcc never
+// sees pybind11.
 //
 // Arrays arrive as any Python object exposing `__array_interface__` (host: NumPy, or anything
 // NumPy can view) or `__cuda_array_interface__` (cuda: CuPy, PyTorch, Numba). Each is described
@@ -19,6 +22,10 @@
 #if defined(SCRATCH_BUILD_CUDA)
 #include <cuda_runtime_api.h>
 #endif
+#if defined(SCRATCH_EMULATED_DEVICE)
+#include <map>
+#include <mutex>
+#endif
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -28,7 +35,7 @@ namespace k = scratch::kernels;
 
 namespace {
 
-#if defined(SCRATCH_BUILD_CUDA)
+#if defined(SCRATCH_BUILD_CUDA) || defined(SCRATCH_EMULATED_DEVICE)
 constexpr bool kDeviceMemory = true;
 constexpr const char* kInterface = "__cuda_array_interface__";
 constexpr const char* kOtherInterface = "__array_interface__";
@@ -54,6 +61,28 @@ DType parse_typestr(const std::string& typestr, const char* name) {
     if (code == "b1") return DType::Bool;
     throw scratch::TypeError(str(name, ": unsupported dtype (typestr '", typestr, "')"));
 }
+
+#if defined(SCRATCH_EMULATED_DEVICE)
+// The emulated device's memory: the allocations its array module (kernels/emulated.py) made,
+// start -> bytes. A pointer outside every live allocation is refused as cudaPointerGetAttributes
+// would refuse host memory, so a NumPy buffer dressed up with __cuda_array_interface__ fails here.
+struct DeviceAllocations {
+    std::mutex m;
+    std::map<uintptr_t, size_t> live;
+    // bytes of the allocation holding [p, p + extent), or 0 when none does
+    bool holds(uintptr_t p, uint64_t extent) {
+        std::lock_guard<std::mutex> lock(m);
+        auto it = live.upper_bound(p);
+        if (it == live.begin()) return false;
+        --it;
+        return p >= it->first && p + extent <= it->first + it->second;
+    }
+};
+DeviceAllocations& device_allocations() {
+    static DeviceAllocations* a = new DeviceAllocations();
+    return *a;
+}
+#endif
 
 // Describe a Python array as a Tensor; `name` is the argument's name (a string literal).
 Tensor as_tensor(py::handle obj, const char* name) {
@@ -112,6 +141,19 @@ Tensor as_tensor(py::handle obj, const char* name) {
                                           " but the current device is ", device));
     }
 #endif
+#if defined(SCRATCH_EMULATED_DEVICE)
+    if (t.data && t.numel() > 0) {   // the memory must be the emulated device's
+        int64_t last = 0;            // offset of the last element reached through the strides
+        for (int i = 0; i < t.ndim; ++i) {
+            if (t.strides[i] < 0)
+                throw scratch::ValueError(str(name, ": negative strides are not supported"));
+            last += (t.shape[i] - 1) * t.strides[i];
+        }
+        if (!device_allocations().holds(reinterpret_cast<uintptr_t>(t.data), uint64_t(last + 1) * item))
+            throw scratch::TypeError(str(name, ": not a CUDA device pointer (not memory of the "
+                                           "emulated device)"));
+    }
+#endif
     return t;
 }
 
@@ -161,6 +203,11 @@ py::dict build_info() {
                                "compute_capability"_a = std::to_string(prop.major) + "." + std::to_string(prop.minor),
                                "multiprocessors"_a = prop.multiProcessorCount, "count"_a = count);
     }
+#elif defined(SCRATCH_EMULATED_DEVICE)
+    d["available"] = true;
+    d["reason"] = py::none();
+    d["emulated"] = true;
+    d["threads"] = k::host_executor_threads();
 #else
     d["available"] = true;
     d["reason"] = py::none();
@@ -173,6 +220,8 @@ py::dict build_info() {
 
 #if defined(SCRATCH_BUILD_CUDA)
 PYBIND11_MODULE(_cuda, m) {
+#elif defined(SCRATCH_EMULATED_DEVICE)
+PYBIND11_MODULE(_emulated, m) {
 #else
 PYBIND11_MODULE(_host, m) {
 #endif
@@ -190,6 +239,20 @@ PYBIND11_MODULE(_host, m) {
     });
     m.attr("BACKEND") = kBackend;
     m.def("info", &build_info, "What this module was built with, and the device it sees.");
+#if defined(SCRATCH_EMULATED_DEVICE)
+    m.def("register_allocation",
+          [](uintptr_t ptr, size_t bytes) {
+              std::lock_guard<std::mutex> lock(device_allocations().m);
+              device_allocations().live[ptr] = bytes;
+          },
+          "ptr"_a, "bytes"_a, "Record [ptr, ptr + bytes) as memory of the emulated device.");
+    m.def("release_allocation",
+          [](uintptr_t ptr) {
+              std::lock_guard<std::mutex> lock(device_allocations().m);
+              device_allocations().live.erase(ptr);
+          },
+          "ptr"_a);
+#endif
 
     // ------------------------------------------------------------------------ layernorm.cu
     m.def("layernorm_forward",
