@@ -29,6 +29,9 @@ def _describe(name, b):
         return f"{name:6s} available ({b['compiler']}, host executor on {b['threads']} thread(s))"
     d = b["device"]
     gib = d["memory_bytes"] / 2**30
+    if b.get("emulated"):
+        return (f"{name:6s} emulated on the host executor (SCRATCHGPT_EMULATE_CUDA=1: CuPy-strict "
+                f"device arrays, {gib:.0f} GiB, {b['threads']} thread(s)); timings are not a GPU's")
     return (f"{name:6s} available: {d['name']}, {gib:.0f} GiB, compute capability "
             f"{d['compute_capability']} ({b['cuda_compiler']}, runtime {b['cuda_runtime']}, "
             f"driver {b['cuda_driver']}, CuPy {b.get('cupy')})")
