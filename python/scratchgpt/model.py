@@ -108,7 +108,6 @@ class GPT:
                                        stream=(self.dropout_step << 16) | site)
 
     def _check_idx(self, idx, name="idx"):
-        xp = self.be.xp
         if not hasattr(idx, "dtype") or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"{name}: expected an integer array, got "
                             f"{getattr(idx, 'dtype', type(idx).__name__)}")
@@ -116,7 +115,14 @@ class GPT:
             raise ValueError(f"{name}: expected shape [B, T], got {tuple(idx.shape)}")
         if idx.shape[1] > self.cfg.block_size:
             raise ValueError(f"{name}: T={idx.shape[1]} exceeds block_size={self.cfg.block_size}")
-        return xp.ascontiguousarray(idx)          # kernels take C-contiguous arrays only
+        return self._to_device(idx)
+
+    def _to_device(self, a):
+        """Host (NumPy) or device ids as a C-contiguous array of the backend's module: the one
+        crossing from the caller's arrays to the kernels' (CuPy takes no NumPy array in its
+        routines, so the copy to the device comes first)."""
+        xp = self.be.xp
+        return xp.ascontiguousarray(xp.asarray(a))
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, idx, targets=None):
@@ -124,7 +130,7 @@ class GPT:
         be, P, cfg = self.be, self.params, self.cfg
         idx = self._check_idx(idx)
         if targets is not None:
-            targets = be.xp.ascontiguousarray(targets)
+            targets = self._to_device(targets)
         caches = {}
         x, caches["embedding"] = be.embedding.forward(idx, P["wte.weight"], P["wpe.weight"])
         x, caches["embedding.drop"] = self._dropout(x, site=0)
@@ -309,7 +315,7 @@ class GPT:
                 if use_cache and out.shape[1] <= Tmax:
                     if kv is None:
                         kv = [[None, None] for _ in range(self.cfg.n_layer)]
-                    new = self.be.xp.ascontiguousarray(ctx[:, cached:])
+                    new = self._to_device(ctx[:, cached:])
                     logits = self._forward_cached(new, kv, cached)
                     cached = ctx.shape[1]
                 else:

@@ -10,6 +10,11 @@ dtype, shapes, contiguity and device and raises TypeError / ValueError naming th
 Adding an op: write kernels/OP.py with a class taking a Runtime, add one line to REGISTRY.
 
 SCRATCHGPT_HOST_LIB=path/to/_host*.so loads another build of `_host` (CI: the ASan build).
+
+SCRATCHGPT_EMULATE_CUDA=1 makes the `cuda` backend available without a GPU: its arrays are the
+emulated device's (kernels/emulated.py, as strict as CuPy's), its launchers are `_emulated`'s
+(csrc/bindings.cpp's cuda path over the host executor's kernels). Everything above the bindings
+runs as on a GPU, so CI runs the cuda backend's own code.
 """
 import importlib
 import importlib.util
@@ -44,21 +49,41 @@ class KernelFallbackWarning(UserWarning):
     """Some ops of a compiled backend have no kernel yet and run on the NumPy reference."""
 
 
+def emulating_cuda():
+    """True when SCRATCHGPT_EMULATE_CUDA=1: the cuda backend runs on the emulated device."""
+    return os.environ.get("SCRATCHGPT_EMULATE_CUDA", "").strip() not in ("", "0")
+
+
+def _module_name(backend):
+    return "emulated" if backend == "cuda" and emulating_cuda() else backend
+
+
 def load(backend):
     """The compiled module for `backend` ("host" or "cuda"); RuntimeError saying why not."""
     if backend not in ("host", "cuda"):
         raise ValueError(f"backend: expected 'host' or 'cuda', got {backend!r}")
-    if backend not in _MODULES:
+    key = _module_name(backend)
+    if key not in _MODULES:
         try:
-            _MODULES[backend] = _import(backend)
+            _MODULES[key] = _import(key)
         except ImportError as e:
             how = ("no CUDA compiler was found when the package was built, or SCRATCHGPT_NO_CUDA=1 was set"
-                   if backend == "cuda" else "rebuild with `pip install -e .`")
-            _MODULES[backend] = RuntimeError(f"the {backend} kernel module is not built ({how}): {e}")
-    module = _MODULES[backend]
+                   if key == "cuda" else "rebuild with `pip install -e .`")
+            _MODULES[key] = RuntimeError(f"the {key} kernel module is not built ({how}): {e}")
+    module = _MODULES[key]
     if isinstance(module, Exception):
         raise module
     return module
+
+
+def device_array_module():
+    """The cuda backend's array module: CuPy, or the emulated device's under
+    SCRATCHGPT_EMULATE_CUDA=1. ImportError when CuPy is missing."""
+    if emulating_cuda():
+        from . import emulated
+        return emulated
+    import cupy
+    return cupy
 
 
 def _import(backend):
@@ -84,6 +109,13 @@ def backend_status(backend):
             status = {"built": False, **status, "device": None}
         return status
     status = dict(lib.info())
+    if status.get("emulated"):
+        from . import emulated
+        status.update(built=True, device={
+            "index": 0, "name": "emulated on the host executor", "count": 1,
+            "memory_bytes": emulated.device_memory_bytes(), "compute_capability": "emulated",
+            "multiprocessors": status["threads"]}, cupy=emulated.__version__)
+        return status
     if backend == "cuda" and status["available"]:
         try:
             import cupy
@@ -103,11 +135,7 @@ class Runtime:
             raise RuntimeError(f"backend {backend!r} is unavailable: {status['reason']}")
         self.backend = backend
         self.lib = load(backend)
-        if backend == "cuda":
-            import cupy
-            self.xp = cupy
-        else:
-            self.xp = np
+        self.xp = device_array_module() if backend == "cuda" else np
 
     def stream(self):
         return self.xp.cuda.get_current_stream().ptr if self.backend == "cuda" else 0
