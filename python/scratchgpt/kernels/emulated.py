@@ -115,7 +115,7 @@ def device_memory_bytes():
     return int(float(os.environ.get("SCRATCHGPT_EMULATED_MEMORY_GB", "16")) * 2**30)
 
 
-# root buffer id -> the root buffer, for the allocations that are device memory
+# root buffer id -> a weak reference to it, for the allocations that are device memory
 _device_buffers = {}
 
 
@@ -138,14 +138,15 @@ def _adopt(buffer):
     _pool._take(nbytes)
     ptr = buffer.__array_interface__["data"][0]
     _library().register_allocation(ptr, builtins.max(nbytes, 1))
-    _device_buffers[id(buffer)] = buffer
+    _device_buffers[id(buffer)] = weakref.ref(buffer)
     weakref.finalize(buffer, _release, id(buffer), ptr, nbytes)
 
 
 def _on_device(a):
     """True when the NumPy array `a` views device memory."""
     r = _root(a)
-    return _device_buffers.get(id(r)) is r
+    ref = _device_buffers.get(id(r))
+    return ref is not None and ref() is r
 
 
 def _device_copy(a, dtype=None):
