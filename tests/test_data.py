@@ -40,8 +40,14 @@ def test_corrupt_shards_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="header says 10 tokens"):
         read_shard(tmp_path / "short.bin")
     (tmp_path / "magic.bin").write_bytes(np.int32(123).tobytes() + data[4:])
-    with pytest.raises(ValueError, match="magic 123"):
+    with pytest.raises(ValueError, match="wrong magic number 123"):
         read_shard(tmp_path / "magic.bin")
+    (tmp_path / "version.bin").write_bytes(data[:4] + np.int32(7).tobytes() + data[8:])
+    with pytest.raises(ValueError, match="wrong version 7 for magic 20240520"):
+        read_shard(tmp_path / "version.bin")
+    (tmp_path / "tiny.bin").write_bytes(data[:100])
+    with pytest.raises(ValueError, match="truncated: 100 bytes"):
+        read_shard(tmp_path / "tiny.bin")
     with pytest.raises(ValueError, match="tokens"):
         write_shard(tmp_path / "neg.bin", np.array([-1, 2]))
 
@@ -86,3 +92,12 @@ def test_batches_are_windows_with_next_token_targets_and_resume_exactly():
     np.testing.assert_array_equal(y, y2)
     with pytest.raises(ValueError, match="block_size"):
         BatchSampler(np.arange(5), 1, 8)
+
+
+def test_non_utf8_text_names_the_file_and_the_byte(tmp_path):
+    from scratchgpt.data import read_text
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 ok".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"not UTF-8 text: byte 0xe9 at offset 3 \(.*latin1.txt"):
+        read_documents([str(path)])
+    assert read_text(str(path), errors="replace") == "caf\ufffd ok"

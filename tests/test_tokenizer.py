@@ -96,7 +96,7 @@ def test_char_tokenizer_round_trip_and_unknown_character(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(ValueError, match="--vocab-size, an integer >= 257"):
         BPETokenizer.train(CORPUS, vocab_size=100)
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         load_tokenizer("/nonexistent/tokenizer")

@@ -9,8 +9,13 @@
         tokenizer.json | chars.json   the tokenizer, so the folder samples on its own
 
 A checkpoint is assembled in a hidden temporary folder and renamed into place in one step,
-so an interrupted save leaves the previous checkpoints intact; the newest complete folder
-is the one `--resume` and `--ckpt` pick.
+so an interrupted save (an error, Ctrl-C, kill -9 or a full disk) leaves the previous
+checkpoints intact; the newest complete folder is the one `--resume` and `--ckpt` pick.
+Old checkpoints are renamed to a hidden name before they are deleted, so a deletion cut short
+never leaves a half-deleted folder that looks complete.
+
+Reading one that is truncated, corrupt, or of another model raises BadFileError naming the
+file (see errors.py); a missing one MissingFileError.
 """
 import json
 import os
@@ -20,8 +25,12 @@ import shutil
 import numpy as np
 
 from .config import GPTConfig
+from .errors import BadFileError, MissingFileError, ScratchError, describe_os_error
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)$")
+# a checkpoint being replaced by a new save of the same step (see save_checkpoint)
+REPLACED_RE = re.compile(r"^ckpt_(\d+)\.old_\d+$")
+WRITTEN_BY = "a checkpoint written by scratchgpt train"
 MODEL_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE = (
     "model.safetensors", "optimizer.safetensors", "config.json", "state.json")
 
@@ -37,14 +46,51 @@ def _write_json(path, obj):
 
 def save_checkpoint(run_dir, step, model, optimizer=None, state=None, tokenizer=None, keep=2):
     """Write RUN/ckpt_{step:06d} atomically; keep the newest `keep` checkpoints (all if None).
-    Returns the folder's path."""
-    from safetensors.numpy import save_file
-    os.makedirs(run_dir, exist_ok=True)
+    Returns the folder's path. On any failure (a full disk, no permission, an interrupt) the
+    temporary folder is removed and the checkpoints already on disk are untouched; an OSError
+    becomes a ScratchError naming the folder."""
     final = os.path.join(run_dir, f"ckpt_{step:06d}")
     tmp = os.path.join(run_dir, f".tmp_ckpt_{step:06d}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(_to_numpy(model, model.params), os.path.join(tmp, MODEL_FILE))
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _write_checkpoint(tmp, step, model, optimizer, state, tokenizer)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and describe_os_error(e):
+            kept = list_checkpoints(run_dir)
+            raise ScratchError(
+                f"cannot write checkpoint {os.path.basename(final)}: {e.strerror or e}",
+                e.filename or run_dir,
+                f"{_expected_space(e)}; nothing on disk was changed, the newest complete "
+                f"checkpoint is {kept[-1] if kept else 'none yet'}") from e
+        raise
+    if os.path.isdir(final):          # the same step saved again: replace it
+        # until the new one is in place the old one is findable as ckpt_N.old_PID
+        old = final + f".old_{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    if keep is not None:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            remove_checkpoint(old)
+    return final
+
+
+def _expected_space(e):
+    import errno
+    return {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk quota",
+            errno.EROFS: "a writable folder", errno.EACCES: "a writable folder",
+            errno.EPERM: "a writable folder",
+            errno.EFBIG: "a file size the system allows (ulimit -f)"}.get(e.errno, "a writable folder")
+
+
+def _write_checkpoint(folder, step, model, optimizer, state, tokenizer):
+    from safetensors.numpy import save_file
+    save_file(_to_numpy(model, model.params), os.path.join(folder, MODEL_FILE))
     state = dict(state or {})
     state.update(step=int(step), dtype=model.dtype.name, dropout_seed=int(model.dropout_seed),
                  dropout_step=int(model.dropout_step))
@@ -52,36 +98,45 @@ def save_checkpoint(run_dir, step, model, optimizer=None, state=None, tokenizer=
         opt = optimizer.state_dict()
         moments = {f"m.{k}": v for k, v in opt["m"].items()}
         moments.update({f"v.{k}": v for k, v in opt["v"].items()})
-        save_file(_to_numpy(model, moments), os.path.join(tmp, OPTIM_FILE))
+        save_file(_to_numpy(model, moments), os.path.join(folder, OPTIM_FILE))
         state["optimizer"] = {k: v for k, v in opt.items() if k not in ("m", "v")}
-    _write_json(os.path.join(tmp, CONFIG_FILE), model.cfg.to_dict())
-    _write_json(os.path.join(tmp, STATE_FILE), state)
+    _write_json(os.path.join(folder, CONFIG_FILE), model.cfg.to_dict())
     if tokenizer is not None:
-        tokenizer.save(tmp)
-    if os.path.isdir(final):          # the same step saved again: replace it
-        old = final + f".old_{os.getpid()}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, final)
-    if keep is not None:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+        tokenizer.save(folder)
+    _write_json(os.path.join(folder, STATE_FILE), state)     # last: it marks the folder complete
+
+
+def remove_checkpoint(path):
+    """Delete a checkpoint folder: first renamed to a hidden name (one atomic step), so a
+    deletion cut short leaves nothing that looks like a checkpoint."""
+    parent, name = os.path.split(path)
+    hidden = os.path.join(parent, f".del_{name}_{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except OSError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def list_checkpoints(run_dir):
     """Complete checkpoint folders in run_dir, oldest first."""
     if not os.path.isdir(run_dir):
         return []
-    found = []
+    found, replaced = {}, {}
     for name in os.listdir(run_dir):
-        m = CKPT_RE.match(name)
         path = os.path.join(run_dir, name)
-        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
+        if not os.path.isfile(os.path.join(path, STATE_FILE)):
+            continue
+        m = CKPT_RE.match(name)
+        if m:
+            found[int(m.group(1))] = path
+            continue
+        m = REPLACED_RE.match(name)       # a save of the same step was cut short
+        if m:
+            replaced[int(m.group(1))] = path
+    for step, path in replaced.items():
+        found.setdefault(step, path)
+    return [found[k] for k in sorted(found)]
 
 
 def find_checkpoint(path):
@@ -89,11 +144,24 @@ def find_checkpoint(path):
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, MODEL_FILE)):
         return path
+    if not os.path.exists(path):
+        raise MissingFileError("no such folder", path, "a run folder or a checkpoint folder")
     found = list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"ckpt: {path} is neither a checkpoint folder ({MODEL_FILE}) "
-                                f"nor a run folder holding ckpt_* checkpoints")
+        raise MissingFileError("no checkpoint here", path,
+                               f"a checkpoint folder ({MODEL_FILE}) or a run folder holding "
+                               f"ckpt_* checkpoints")
     return found[-1]
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise MissingFileError(f"no {os.path.basename(path)}", path, what) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadFileError(f"not valid JSON ({e})", path, what) from None
 
 
 def is_hf_folder(path):
@@ -101,20 +169,64 @@ def is_hf_folder(path):
     cfg = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(cfg):
         return False
-    with open(cfg) as f:
-        return "model_type" in json.load(f)
+    data = _read_json(cfg, "a Hugging Face or scratchgpt config.json")
+    return isinstance(data, dict) and "model_type" in data
 
 
 def read_state(ckpt_dir):
-    with open(os.path.join(ckpt_dir, STATE_FILE)) as f:
-        return json.load(f)
+    state = _read_json(os.path.join(ckpt_dir, STATE_FILE), WRITTEN_BY)
+    if not isinstance(state, dict) or "step" not in state:
+        raise BadFileError("not a checkpoint state (no step)", os.path.join(ckpt_dir, STATE_FILE),
+                           WRITTEN_BY)
+    return state
+
+
+def read_config(ckpt_dir):
+    """The GPTConfig of a checkpoint folder (its config.json)."""
+    path = os.path.join(ckpt_dir, CONFIG_FILE)
+    data = _read_json(path, WRITTEN_BY)
+    try:
+        return GPTConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise BadFileError(f"not a model configuration: {e}", path, WRITTEN_BY) from None
+
+
+def model_config(path):
+    """The GPTConfig of what load_model(path) would load, read without loading weights."""
+    path = os.path.expanduser(os.fspath(path))
+    if is_hf_folder(path):
+        from .hf import read_hf_config
+        return read_hf_config(path)
+    return read_config(find_checkpoint(path))
+
+
+def check_tensor_file(path, what=WRITTEN_BY):
+    """Read a safetensors file's header only (cheap): BadFileError naming the file when it is
+    not one, or when it is truncated (the header's byte ranges must cover the file)."""
+    from safetensors import SafetensorError, safe_open
+    if not os.path.isfile(path):
+        raise MissingFileError(f"no {os.path.basename(path)}", path, what)
+    try:
+        with safe_open(path, "np") as f:
+            return list(f.keys())
+    except SafetensorError as e:
+        raise BadFileError(f"not a readable safetensors file: {e}", path, what) from None
+
+
+def read_tensors(path, what=WRITTEN_BY):
+    """The tensors of a safetensors file; BadFileError naming the file when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    check_tensor_file(path, what)
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise BadFileError(f"not a readable safetensors file: {e}", path, what) from None
 
 
 def load_model(path, backend="numpy", dtype=None):
     """(model, state, tokenizer or None, folder) from a checkpoint or run folder, or from a
     Hugging Face GPT-2 / GPT-1 folder (state is then empty)."""
-    from safetensors.numpy import load_file
-
     from .model import GPT
     from .tokenizer import find_tokenizer_files, load_tokenizer
     path = os.path.expanduser(os.fspath(path))
@@ -124,24 +236,50 @@ def load_model(path, backend="numpy", dtype=None):
     else:
         ckpt = find_checkpoint(path)
         state = read_state(ckpt)
-        with open(os.path.join(ckpt, CONFIG_FILE)) as f:
-            cfg = GPTConfig.from_dict(json.load(f))
+        cfg = read_config(ckpt)
+        weights = os.path.join(ckpt, MODEL_FILE)
+        check_tensor_file(weights)          # before the model is built: a bad file fails fast
         model = GPT(cfg, backend=backend, dtype=dtype or state.get("dtype", "float32"))
-        model.load_params(load_file(os.path.join(ckpt, MODEL_FILE)))
+        tensors = read_tensors(weights)
+        try:
+            model.load_params(tensors)
+        except ValueError as e:
+            raise BadFileError(f"the weights do not match config.json ({e})", weights,
+                               f"the tensors of a {cfg.n_layer}-layer, {cfg.n_embd}-wide model "
+                               f"with vocabulary {cfg.vocab_size}") from None
+        del tensors
         model.dropout_seed = int(state.get("dropout_seed", 0))
         model.dropout_step = int(state.get("dropout_step", 0))
     tokenizer = load_tokenizer(ckpt) if find_tokenizer_files(ckpt) else None
+    if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
+        raise BadFileError(f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+                           f"vocabulary of {model.cfg.vocab_size}", ckpt,
+                           "the tokenizer the model was trained with")
     return model, state, tokenizer, ckpt
 
 
 def load_optimizer(ckpt_dir, optimizer, state):
     """Restore AdamW's moments and step count saved beside the weights."""
-    from safetensors.numpy import load_file
     path = os.path.join(ckpt_dir, OPTIM_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"resume: {ckpt_dir} holds no optimizer state ({OPTIM_FILE})")
-    moments = load_file(path)
+        raise MissingFileError(f"no optimizer state ({OPTIM_FILE})", ckpt_dir,
+                               "a training checkpoint (fine-tuned and Hugging Face folders "
+                               "cannot be resumed)")
+    moments = read_tensors(path)
+    if "optimizer" not in state:
+        raise BadFileError("no optimizer entry in state.json", os.path.join(ckpt_dir, STATE_FILE),
+                           WRITTEN_BY)
     opt = dict(state["optimizer"])
-    opt["m"] = {k: moments[f"m.{k}"] for k in optimizer.params}
-    opt["v"] = {k: moments[f"v.{k}"] for k in optimizer.params}
+    try:
+        opt["m"] = {k: moments[f"m.{k}"] for k in optimizer.params}
+        opt["v"] = {k: moments[f"v.{k}"] for k in optimizer.params}
+    except KeyError as e:
+        raise BadFileError(f"no moment {e.args[0]}", path, "the moments of every parameter "
+                           "of the model in model.safetensors") from None
+    for k, p in optimizer.params.items():
+        for which in ("m", "v"):
+            if tuple(opt[which][k].shape) != tuple(p.shape):
+                raise BadFileError(f"moment {which}.{k} has shape {tuple(opt[which][k].shape)}, "
+                                   f"the parameter {tuple(p.shape)}", path,
+                                   "the moments of the model in model.safetensors")
     optimizer.load_state_dict(opt)

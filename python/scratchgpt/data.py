@@ -11,6 +11,9 @@ Python standard library's own .py sources on the running machine, present wherev
 is), splits the token stream into train and val, and writes `train_000000.bin` and
 `val_000000.bin`. A `BatchSampler` draws [B, T] windows from a seeded NumPy generator whose
 state is saved in checkpoints, so a resumed run sees the same batches as an unbroken one.
+
+Text must be UTF-8; a shard must be whole. Anything else raises BadFileError naming the file
+(errors.py), and a path with nothing to read MissingFileError.
 """
 import glob
 import json
@@ -19,6 +22,10 @@ import sys
 import sysconfig
 
 import numpy as np
+
+from .errors import BadFileError, MissingFileError, UsageError
+
+SHARD = "an llm.c token shard (magic 20240520 version 1, or 20240801 version 7)"
 
 HEADER_INTS = 256
 SHARD_FORMATS = {20240520: (1, np.uint16), 20240801: (7, np.uint32)}   # magic -> version, dtype
@@ -41,26 +48,37 @@ def write_shard(path, tokens, vocab_size=None):
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (magic, version, tokens.size)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(dtype).tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(dtype).tobytes())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if e.filename is None:            # a write() error names no file: name it
+            e.filename = path
+        raise
 
 
 def read_shard(path):
     """The tokens of an llm.c shard, memory-mapped (uint16 or uint32)."""
     header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
     if header.size != HEADER_INTS:
-        raise ValueError(f"shard {path}: shorter than its {HEADER_INTS * 4}-byte header")
+        raise BadFileError(f"truncated: {os.path.getsize(path)} bytes, shorter than the "
+                           f"{HEADER_INTS * 4}-byte header", path, SHARD)
     magic, version, count = (int(v) for v in header[:3])
-    if magic not in SHARD_FORMATS or SHARD_FORMATS[magic][0] != version:
-        raise ValueError(f"shard {path}: magic {magic} / version {version} is not an llm.c "
-                         f"shard ({', '.join(f'{m}/{v}' for m, (v, _) in SHARD_FORMATS.items())})")
+    if magic not in SHARD_FORMATS:
+        raise BadFileError(f"wrong magic number {magic}", path, SHARD)
+    if SHARD_FORMATS[magic][0] != version:
+        raise BadFileError(f"wrong version {version} for magic {magic}", path, SHARD)
     dtype = SHARD_FORMATS[magic][1]
     expected = HEADER_INTS * 4 + count * np.dtype(dtype).itemsize
-    if os.path.getsize(path) != expected:
-        raise ValueError(f"shard {path}: header says {count} tokens ({expected} bytes), "
-                         f"file has {os.path.getsize(path)} bytes")
+    size = os.path.getsize(path)
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise BadFileError(f"{what}: the header says {count} tokens ({expected} bytes), "
+                           f"the file has {size} bytes", path, SHARD)
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
@@ -74,8 +92,9 @@ def is_shard(path):
 
 
 def shard_paths(path, split):
-    """The shards of a split in a folder: files named *{split}*.bin, sorted."""
-    return sorted(p for p in glob.glob(os.path.join(path, f"*{split}*.bin")) if is_shard(p))
+    """The shards of a split in a folder: files named *{split}*.bin, sorted (read_shard says
+    which of them is not a shard)."""
+    return sorted(p for p in glob.glob(os.path.join(path, f"*{split}*.bin")) if os.path.isfile(p))
 
 
 # ---------------------------------------------------------------------------- text sources
@@ -89,34 +108,46 @@ def default_corpus_files():
         dirnames[:] = sorted(d for d in dirnames if d not in skip)
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
     if not files:
-        raise FileNotFoundError(f"default corpus: no .py files under the standard library "
-                                f"at {root} ({sys.executable})")
+        raise MissingFileError("no .py files for the default corpus", root,
+                               f"the standard library of {sys.executable}; or give --data")
     return files
 
 
 def text_files(path):
     """The text files a --data path names: a file, or the text files under a folder."""
+    what = "a text file, a folder of text files, or a folder of .bin shards"
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"data: no file or folder at {path}")
+        raise MissingFileError("no such file or folder", path, what)
     files = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
                      if f.lower().endswith(TEXT_SUFFIXES))
     if not files:
-        raise FileNotFoundError(f"data: no text files ({', '.join(TEXT_SUFFIXES[:4])}, ...) "
-                                f"under {path}")
+        raise MissingFileError("no text files in this folder", path,
+                               f"files named *{', *'.join(TEXT_SUFFIXES[:4])}, ... ({what})")
     return files
 
 
-def read_documents(files, max_bytes=None):
-    """The text of each file (undecodable bytes replaced), up to max_bytes in all."""
+def read_text(path, errors="strict"):
+    """The text of a UTF-8 file; BadFileError naming the file and the first bad byte."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise BadFileError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}",
+                           path, "UTF-8 text (convert it, e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def read_documents(files, max_bytes=None, errors="strict"):
+    """The text of each file, up to max_bytes in all. Text must be UTF-8 (errors="replace":
+    undecodable bytes become U+FFFD)."""
     docs, total = [], 0
     for f in files:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+        text = read_text(f, errors)
         if max_bytes is not None and total + len(text) > max_bytes:
             text = text[:max_bytes - total]
         if text:
@@ -141,7 +172,8 @@ def tokenize_documents(tokenizer, docs):
 def split_train_val(tokens, val_fraction):
     """The last val_fraction of the stream is the validation split (as nanoGPT does)."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction {val_fraction} is outside (0, 1)", "--val-fraction",
+                         "a number between 0 and 1 (exclusive)")
     n_val = max(1, int(len(tokens) * val_fraction))
     return tokens[:-n_val], tokens[-n_val:]
 
@@ -164,7 +196,8 @@ def load_split(folder, split):
     """All shards of one split, concatenated (memory-mapped when there is one shard)."""
     paths = shard_paths(folder, split)
     if not paths:
-        raise FileNotFoundError(f"data: no {split} shards (*{split}*.bin) in {folder}")
+        raise MissingFileError(f"no {split} shards (*{split}*.bin)", folder,
+                               f"a folder of llm.c shards named *train*.bin and *val*.bin")
     arrays = [read_shard(p) for p in paths]
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
@@ -178,8 +211,9 @@ class BatchSampler:
 
     def __init__(self, tokens, batch_size, block_size, seed=0):
         if len(tokens) < block_size + 1:
-            raise ValueError(f"data: {len(tokens)} tokens is fewer than block_size + 1 = "
-                             f"{block_size + 1}; use more text or a smaller block size")
+            raise UsageError(f"the data has {len(tokens)} tokens, fewer than block_size + 1 = "
+                             f"{block_size + 1}", "--data / --block-size",
+                             "more text, a smaller --val-fraction or a smaller --block-size")
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
 

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from .config import GPTConfig
+from .errors import BadFileError, MissingFileError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -27,13 +28,30 @@ GPT1_ACT = {"gelu": "tanh"}                  # transformers' ACT_FNS["gelu"] is 
 GPT1_RENAME = {"tokens_embed.weight": "wte.weight", "positions_embed.weight": "wpe.weight"}
 
 
+HF_FOLDER = "a Hugging Face GPT-2 / GPT-1 model folder"
+
+
 def _read_config(path):
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"path: {path} has no {CONFIG} (expected a Hugging Face "
-                                f"GPT-2 / GPT-1 model folder)")
-    with open(cfg_path) as f:
-        return json.load(f)
+        raise MissingFileError(f"no {CONFIG}", path, HF_FOLDER)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadFileError(f"not valid JSON ({e})", cfg_path, HF_FOLDER) from None
+
+
+def read_hf_config(path):
+    """The GPTConfig of a Hugging Face folder; BadFileError naming its config.json when the
+    file does not describe a GPT-2 / GPT-1 this package runs."""
+    hf = _read_config(path)
+    try:
+        return config_from_hf(hf)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise BadFileError(f"unsupported configuration: {what}", os.path.join(path, CONFIG),
+                           HF_FOLDER) from None
 
 
 def config_from_hf(hf):
@@ -128,17 +146,21 @@ def params_to_hf(params, cfg):
 
 def from_pretrained(path, backend="numpy", dtype="float64"):
     """A GPT from a Hugging Face GPT-2 / GPT-1 folder (config.json + model.safetensors)."""
-    from safetensors.numpy import load_file
-
+    from .checkpoint import check_tensor_file, read_tensors
     from .model import GPT
     path = os.path.expanduser(os.fspath(path))
-    cfg = config_from_hf(_read_config(path))
+    cfg = read_hf_config(path)
     weights = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"path: {path} has no {WEIGHTS}; convert pytorch_model.bin with "
-                                "transformers' save_pretrained(..., safe_serialization=True)")
+        raise MissingFileError(f"no {WEIGHTS}", path, "convert pytorch_model.bin with "
+                               "transformers' save_pretrained(..., safe_serialization=True)")
+    check_tensor_file(weights, HF_FOLDER)
     model = GPT(cfg, backend=backend, dtype=dtype)
-    model.load_params(params_from_hf(load_file(weights), cfg))
+    try:
+        model.load_params(params_from_hf(read_tensors(weights, HF_FOLDER), cfg))
+    except ValueError as e:
+        raise BadFileError(f"the weights do not match config.json ({e})", weights,
+                           HF_FOLDER) from None
     return model
 
 

@@ -11,9 +11,17 @@ hold part of a multi-byte character; `decode_bytes` returns the raw bytes for su
 `decode` of a whole sequence is the original text.
 
 `load_tokenizer(path)` reads any of these from a folder or file; `save(folder)` writes one.
+A file that is missing, truncated or not a tokenizer raises MissingFileError / BadFileError
+naming it (errors.py).
 """
 import json
 import os
+
+from .errors import BadFileError, MissingFileError, UsageError
+
+BPE_MIN_VOCAB = 257            # 256 byte tokens + <|endoftext|>
+TOKENIZER_FILES = ("tokenizer.json, chars.json, vocab.json + merges.txt or "
+                   "encoder.json + vocab.bpe")
 
 EOT = "<|endoftext|>"          # document separator, as in GPT-2
 TOKENIZER_JSON = "tokenizer.json"
@@ -72,9 +80,10 @@ class BPETokenizer:
         """Learn merges on an iterable of strings until the vocabulary holds vocab_size ids:
         256 bytes, <|endoftext|>, then merges."""
         from tokenizers import models, pre_tokenizers, trainers
-        if not isinstance(vocab_size, int) or vocab_size < 257:
-            raise ValueError(f"vocab_size: expected an integer >= 257 (256 bytes + {EOT}), "
-                             f"got {vocab_size!r}")
+        if not isinstance(vocab_size, int) or vocab_size < BPE_MIN_VOCAB:
+            raise UsageError(f"the byte-level BPE cannot have {vocab_size!r} tokens",
+                             "--vocab-size", f"an integer >= {BPE_MIN_VOCAB} "
+                             f"(256 bytes + {EOT}), or --tokenizer char")
         tk = cls._empty(models.BPE())
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=[EOT], show_progress=show_progress,
@@ -89,8 +98,14 @@ class BPETokenizer:
         from tokenizers import AddedToken, models
         for name, p in (("vocab_path", vocab_path), ("merges_path", merges_path)):
             if not os.path.isfile(p):
-                raise FileNotFoundError(f"{name}: no file at {p}")
-        tk = cls._empty(models.BPE.from_file(str(vocab_path), str(merges_path)))
+                raise MissingFileError("no such file", p, f"GPT-2's {os.path.basename(p)}")
+        try:
+            tk = cls._empty(models.BPE.from_file(str(vocab_path), str(merges_path)))
+        except Exception as e:      # the tokenizers library raises a bare Exception
+            raise BadFileError(f"not a GPT-2 vocabulary and merges pair: {_first_line(e)}",
+                               f"{vocab_path} + {merges_path}",
+                               "GPT-2's vocab.json (or encoder.json) and merges.txt "
+                               "(or vocab.bpe)") from None
         if tk.token_to_id(EOT) is not None:
             tk.add_special_tokens([AddedToken(EOT, special=True)])
         return cls(tk)
@@ -98,7 +113,18 @@ class BPETokenizer:
     @classmethod
     def load(cls, path):
         from tokenizers import Tokenizer
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            tk = Tokenizer.from_file(str(path))
+        except Exception as e:      # the tokenizers library raises a bare Exception
+            raise BadFileError(f"not a tokenizer file: {_first_line(e)}", path,
+                               "a tokenizer.json written by scratchgpt or Hugging Face "
+                               "tokenizers") from None
+        try:
+            return cls(tk)
+        except KeyError as e:       # a token outside the byte-level alphabet
+            raise BadFileError(f"not a byte-level BPE: token character {e} is not one of the "
+                               "256 byte characters", path, "a byte-level BPE tokenizer.json "
+                               "(GPT-2's scheme)") from None
 
     def save(self, folder):
         os.makedirs(folder, exist_ok=True)
@@ -155,14 +181,22 @@ class CharTokenizer:
             seen.update(t)
         chars = sorted(seen)
         if vocab_size is not None and len(chars) > vocab_size:
-            raise ValueError(f"vocab_size: the text has {len(chars)} distinct characters, "
-                             f"more than vocab_size={vocab_size}")
+            raise UsageError(f"the text has {len(chars)} distinct characters, more than "
+                             f"vocab_size={vocab_size}", "--vocab-size",
+                             f"at least {len(chars)} for the char tokenizer, or no --vocab-size")
         return cls(chars)
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f)["chars"])
+        expected = 'a chars.json written by scratchgpt ({"kind": "char", "chars": [...]})'
+        try:
+            with open(path, encoding="utf-8") as f:
+                chars = json.load(f)["chars"]
+            return cls(chars)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadFileError(f"not valid JSON ({e})", path, expected) from None
+        except (KeyError, TypeError, ValueError):
+            raise BadFileError("not a character list", path, expected) from None
 
     def save(self, folder):
         os.makedirs(folder, exist_ok=True)
@@ -221,18 +255,20 @@ def load_tokenizer(path):
             return CharTokenizer.load(path)
         return BPETokenizer.load(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer: no file or folder at {path}")
+        raise MissingFileError("no tokenizer file or folder", path, TOKENIZER_FILES)
     found = find_tokenizer_files(path)
     if found is None:
-        raise FileNotFoundError(
-            f"tokenizer: {path} holds none of {TOKENIZER_JSON}, {CHARS_JSON}, "
-            "vocab.json + merges.txt, encoder.json + vocab.bpe")
+        raise MissingFileError("no tokenizer files in this folder", path, TOKENIZER_FILES)
     kind, files = found
     if kind == "bpe":
         return BPETokenizer.load(files[0])
     if kind == "char":
         return CharTokenizer.load(files[0])
     return BPETokenizer.from_gpt2_files(*files)
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def train_tokenizer(kind, texts, vocab_size):

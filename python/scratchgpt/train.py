@@ -9,60 +9,87 @@ Everything a run needs to continue is in its checkpoints (weights, AdamW moments
 the data sampler's and dropout's RNG state), so N steps in one go and N/2 + --resume + N/2
 give bit-identical weights on the same backend. The learning-rate schedule runs over
 --lr-decay-steps (default: --max-steps of the first run), fixed when the run starts.
+
+Before anything is allocated the run's memory is estimated (memory.py) and a run that does not
+fit is refused with the estimate. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes
+a checkpoint, says where, and exits with 130 / 143; a second one stops at once (the newest
+complete checkpoint stays as it was).
 """
 import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
-from .checkpoint import list_checkpoints, load_model, load_optimizer, save_checkpoint
+from . import memory
+from .checkpoint import (list_checkpoints, load_model, load_optimizer, read_config, read_state,
+                         save_checkpoint)
+from .cli import (ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_float,
+                  positive_int, probability)
 from .config import PRESETS, GPTConfig
 from .data import (BatchSampler, default_corpus_files, is_shard, load_split, prepare_data,
                    read_documents, shard_paths, text_files)
+from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
 from .model import GPT
 from .optim import AdamW
-from .tokenizer import find_tokenizer_files, load_tokenizer, train_tokenizer
+from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
 SIZE_FLAGS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
+# presets whose vocabulary is smaller than a byte-level BPE can be train a BPE of this size
+SMALL_PRESET_BPE_VOCAB = 320
 # what --resume may change; everything else comes from the checkpoint
 RESUMABLE = ("max_steps", "eval_interval", "eval_iters", "ckpt_interval", "json", "progress",
              "backend", "keep")
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(ScratchError, RuntimeError):
+    """A NaN or Inf loss or gradient; the checkpoints written before it are kept."""
+
+
+class _NonFinite(Exception):
+    """Raised inside the loop with the step; train() turns it into TrainingDiverged."""
 
 
 # ------------------------------------------------------------------------------ backends
 def resolve_backend(name):
-    """auto: cuda when a GPU and the cuda kernels are present, else numpy (the fastest CPU path)."""
-    if name != "auto":
-        return name
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            from .ops import get_backend
-            get_backend("cuda")
-            return "cuda"
-    except Exception:          # no CuPy, no device or no kernels: all mean "not here"
-        pass
-    return "numpy"
+    """auto: cuda when the cuda backend is available here (a GPU, or the emulated device),
+    else numpy (the fastest CPU path). An explicit backend that is not available here is an
+    error saying why."""
+    from .kernels import backend_status
+    if name == "auto":
+        try:
+            return "cuda" if backend_status("cuda")["available"] else "numpy"
+        except Exception:          # a broken kernel build means "not here" for auto
+            return "numpy"
+    if name in ("host", "cuda"):
+        status = backend_status(name)
+        if not status["available"]:
+            raise ScratchError(f"the {name} backend is unavailable here: {status['reason']}",
+                               f"--backend {name}", "auto, numpy, or a backend that "
+                               "`scratchgpt info` lists as available")
+    return name
 
 
 # ------------------------------------------------------------------------------ arguments
 def add_model_arguments(p):
-    p.add_argument("--preset", default="mini", choices=sorted(PRESETS),
-                   help="model size (default mini); the flags below override its fields")
-    p.add_argument("--vocab-size", type=int, help="vocabulary size (the BPE is trained to it)")
-    p.add_argument("--block-size", type=int, help="context length")
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--dropout", type=float)
+    p.add_argument("--preset", default="mini", choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"model size, one of {', '.join(sorted(PRESETS))} (default mini); the "
+                   f"flags below override its fields. nano's 32-token vocabulary is for "
+                   f"--tokenizer char on small texts; with the byte-level BPE (the default) it "
+                   f"trains a {SMALL_PRESET_BPE_VOCAB}-token BPE (the BPE needs at least "
+                   f"{BPE_MIN_VOCAB}: 256 bytes + <|endoftext|>)")
+    p.add_argument("--vocab-size", type=positive_int,
+                   help=f"vocabulary size (the BPE is trained to it; >= {BPE_MIN_VOCAB})")
+    p.add_argument("--block-size", type=positive_int, help="context length")
+    p.add_argument("--n-layer", type=positive_int)
+    p.add_argument("--n-head", type=positive_int)
+    p.add_argument("--n-embd", type=positive_int)
+    p.add_argument("--dropout", type=probability)
 
 
 def add_arguments(p):
@@ -72,28 +99,30 @@ def add_arguments(p):
     p.add_argument("--tokenizer", default="bpe",
                    help="bpe (byte-level BPE trained on the data), char, or a path to "
                    "tokenizer.json / GPT-2's vocab.json + merges.txt (default bpe)")
-    p.add_argument("--max-corpus-mb", type=float, default=None,
+    p.add_argument("--max-corpus-mb", type=positive_float, default=None,
                    help="read at most this many MB of text (default: all)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=open_fraction, default=0.1)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=None, help="final learning rate (default lr/10)")
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--lr-decay-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=300)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
+    p.add_argument("--min-lr", type=nonneg_float, default=None,
+                   help="final learning rate (default lr/10)")
+    p.add_argument("--warmup-steps", type=nonneg_int, default=20)
+    p.add_argument("--lr-decay-steps", type=positive_int, default=None,
                    help="length of the cosine decay (default: --max-steps)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.95)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip (0: none)")
-    p.add_argument("--eval-interval", type=int, default=50, help="steps between val losses")
-    p.add_argument("--eval-iters", type=int, default=10, help="val batches per evaluation")
-    p.add_argument("--ckpt-interval", type=int, default=50, help="steps between checkpoints")
-    p.add_argument("--keep", type=int, default=2, help="checkpoints kept (newest)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1)
+    p.add_argument("--beta1", type=probability, default=0.9)
+    p.add_argument("--beta2", type=probability, default=0.95)
+    p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="global-norm clip (0: none)")
+    p.add_argument("--eval-interval", type=positive_int, default=50, help="steps between val losses")
+    p.add_argument("--eval-iters", type=positive_int, default=10, help="val batches per evaluation")
+    p.add_argument("--ckpt-interval", type=positive_int, default=50, help="steps between checkpoints")
+    p.add_argument("--keep", type=positive_int, default=2, help="checkpoints kept (newest)")
+    p.add_argument("--seed", type=nonneg_int, default=1337)
     p.add_argument("--out", default="runs/mini", help="output folder (default runs/mini)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest "
                    "checkpoint (--max-steps may extend it)")
@@ -103,23 +132,46 @@ def add_arguments(p):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="scratchgpt train")
+    p = ArgumentParser(prog="scratchgpt train")
     add_arguments(p)
     args = p.parse_args(argv)
     args._defaults = {a.dest: a.default for a in p._actions}
     return args
 
 
+def tokenizer_vocab_size(args):
+    """The vocabulary a bpe / char tokenizer is trained to: --vocab-size when given; else the
+    preset's for the BPE (SMALL_PRESET_BPE_VOCAB for presets too small for one), and no limit
+    for char (the text's characters)."""
+    if args.vocab_size is not None:
+        if args.tokenizer == "bpe" and args.vocab_size < BPE_MIN_VOCAB:
+            raise UsageError(f"the byte-level BPE cannot have {args.vocab_size} tokens",
+                             "--vocab-size", f"an integer >= {BPE_MIN_VOCAB} (256 bytes + "
+                             f"<|endoftext|>), or --tokenizer char")
+        return args.vocab_size
+    if args.tokenizer == "char":
+        return None
+    preset = PRESETS[args.preset]["vocab_size"]
+    return preset if preset >= BPE_MIN_VOCAB else SMALL_PRESET_BPE_VOCAB
+
+
 def build_config(args, vocab_size=None):
     """The preset, with the size flags that were given; without --vocab-size the vocabulary
     is the tokenizer's (vocab_size) when one is known."""
     over = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
-    cfg = GPTConfig.preset(args.preset, **over)
     if vocab_size is not None and "vocab_size" not in over:
-        cfg = GPTConfig.preset(args.preset, **{**over, "vocab_size": vocab_size})
+        over["vocab_size"] = vocab_size
+    try:
+        cfg = GPTConfig.preset(args.preset, **over)
+    except ValueError as e:               # "n_embd: 100 is not divisible by n_head=3"
+        field, _, what = str(e).partition(": ")
+        flag = "--" + field.replace("_", "-") if field in SIZE_FLAGS else "--preset"
+        raise UsageError(what or str(e), flag, "sizes that fit together (n_embd a multiple "
+                         "of n_head)") from None
     if vocab_size is not None and cfg.vocab_size < vocab_size:
-        raise ValueError(f"--vocab-size: {cfg.vocab_size} is smaller than the tokenizer's "
-                         f"{vocab_size} ids")
+        raise UsageError(f"vocabulary {cfg.vocab_size} is smaller than the tokenizer's "
+                         f"{vocab_size} ids", "--vocab-size", f"at least {vocab_size}, or no "
+                         f"--vocab-size (the tokenizer's)")
     return cfg
 
 
@@ -131,7 +183,7 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
         tok = _tokenizer_for_shards(args)
         return tok, load_split(args.data, "train"), load_split(args.data, "val")
     if args.data and is_shard(args.data):
-        raise ValueError(f"--data: {args.data} is a single shard; give the folder holding its "
+        raise UsageError("a single shard", f"--data {args.data}", "the folder holding its "
                          "*train*.bin and *val*.bin shards")
     key = {"data": os.path.abspath(args.data) if args.data else "<python stdlib>",
            "tokenizer": args.tokenizer if args.tokenizer in ("bpe", "char")
@@ -141,9 +193,13 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
     key_path = os.path.join(data_dir, "source.json")
     if os.path.isfile(key_path) and find_tokenizer_files(data_dir):
         with open(key_path) as f:
-            if json.load(f) == key:
-                return (load_tokenizer(data_dir), load_split(data_dir, "train"),
-                        load_split(data_dir, "val"))
+            try:
+                cached = json.load(f)
+            except json.JSONDecodeError:
+                cached = None             # cut short: tokenize again
+        if cached == key:
+            return (load_tokenizer(data_dir), load_split(data_dir, "train"),
+                    load_split(data_dir, "val"))
     files = text_files(args.data) if args.data else default_corpus_files()
     max_bytes = None if args.max_corpus_mb is None else int(args.max_corpus_mb * 2 ** 20)
     docs = list(extra_docs) + read_documents(files, max_bytes)
@@ -154,10 +210,13 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
     else:
         tok = load_tokenizer(args.tokenizer)
     os.makedirs(data_dir, exist_ok=True)
+    if os.path.exists(key_path):
+        os.remove(key_path)               # the cache is valid again only once it is complete
     tok.save(data_dir)
     train, val = prepare_data(docs, tok, data_dir, args.val_fraction)
-    with open(key_path, "w") as f:
+    with open(key_path + ".tmp", "w") as f:
         json.dump(key, f)
+    os.replace(key_path + ".tmp", key_path)
     return tok, train, val
 
 
@@ -235,58 +294,160 @@ def write_history(path, history):
 
 
 def _restore_args(args, argv_defaults):
-    """On --resume: the run's saved arguments, except the ones RESUMABLE that were given."""
+    """On --resume: the run's saved arguments, except the ones RESUMABLE that were given.
+    Returns (arguments, newest checkpoint, its config). Size flags that disagree with the
+    checkpoint are an error: a resumed run keeps its model."""
     ckpts = list_checkpoints(args.resume)
     if not ckpts:
-        raise FileNotFoundError(f"--resume: no checkpoints (ckpt_*) in {args.resume}")
-    with open(os.path.join(ckpts[-1], "state.json")) as f:
-        saved = json.load(f)["args"]
+        from .errors import MissingFileError
+        raise MissingFileError("no checkpoint to resume", f"--resume {args.resume}",
+                               "a run folder holding ckpt_* checkpoints from scratchgpt train")
+    state = read_state(ckpts[-1])
+    cfg = read_config(ckpts[-1])
+    saved = state.get("args")
+    if not isinstance(saved, dict):
+        raise BadFileError("not a training checkpoint (state.json holds no training arguments)",
+                           ckpts[-1], "a checkpoint written by scratchgpt train (fine-tuned "
+                           "models cannot be resumed)")
+    for k in SIZE_FLAGS:
+        given = getattr(args, k, None)
+        if given is not None and given != getattr(cfg, k):
+            raise UsageError(f"--{k.replace('_', '-')} {given} differs from the checkpoint's "
+                             f"{k}={getattr(cfg, k)}", f"--resume {args.resume}",
+                             "no size flags with --resume (the run keeps its model), or a "
+                             "new run with another --out")
+    given_preset = getattr(args, "preset", None)
+    if given_preset not in (None, argv_defaults.get("preset"), saved.get("preset")):
+        raise UsageError(f"--preset {given_preset} differs from the run's preset "
+                         f"{saved.get('preset')}", f"--resume {args.resume}",
+                         "no --preset with --resume, or a new run with another --out")
     given = {k: v for k, v in vars(args).items() if k in RESUMABLE and v != argv_defaults.get(k)}
-    merged = argparse.Namespace(**{**saved, **given})
+    base = {k: v for k, v in vars(args).items() if k not in ("func", "_defaults")}
+    merged = argparse.Namespace(**{**base, **saved, **given})
     merged.resume, merged.out = args.resume, args.resume
-    return merged, ckpts[-1]
+    return merged, ckpts[-1], cfg
+
+
+def check_memory(args, cfg, backend):
+    """Refuse a run whose estimated peak memory does not fit here (memory.check)."""
+    def estimate(cfg_, batch):
+        return memory.training_estimate(cfg_, batch, backend, args.dtype, args.grad_accum)
+    memory.check(estimate(cfg, args.batch_size),
+                 f"--preset {args.preset} --batch-size {args.batch_size} on {backend}",
+                 make_estimate=lambda b: estimate(cfg, b), batch_size=args.batch_size,
+                 smaller_presets=memory.presets_by_size(lambda c: estimate(c, 1)))
+
+
+class StopOnSignal:
+    """While training: the first SIGINT / SIGTERM asks the loop to stop after its step (it
+    writes a checkpoint), a second one raises Interrupted at once."""
+
+    def __init__(self, out):
+        self.out, self.signum, self.previous = out, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            kept = list_checkpoints(self.out)
+            raise Interrupted(f"interrupted again by {signal_name(signum)}: stopped at once",
+                              self.out, "the newest complete checkpoint is "
+                              f"{kept[-1] if kept else 'none yet'}", signum=signum)
+        self.signum = signum
+        print(f"\n{signal_name(signum)}: finishing this step, then writing a checkpoint "
+              "(again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 # ------------------------------------------------------------------------------ training
+def train_step(model, opt, sampler, args, lr):
+    """One optimizer step over grad_accum micro-batches: (mean loss, gradient norm). The
+    gradients live only here, so the next step's forward starts without them."""
+    loss_sum, grads = 0.0, None
+    for _ in range(args.grad_accum):
+        x, y = sampler.next_batch()
+        _, loss = model.forward(x, y)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return loss, None
+        g = model.backward(loss_weight=1.0 / args.grad_accum)
+        if grads is None:
+            grads = g
+        else:
+            for k in grads:
+                grads[k] += g[k]
+        del g
+        loss_sum += loss / args.grad_accum
+    norm = opt.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
+    return loss_sum, float(norm)
+
+
 def train(args, extra_docs=()):
     """Run (or resume) training; returns the summary dict. Raises TrainingDiverged on a
-    non-finite loss (the checkpoints written before it are kept)."""
-    ckpt = None
+    non-finite loss (the checkpoints written before it are kept), NotEnoughMemory before
+    anything is allocated when the run does not fit here, Interrupted after SIGINT / SIGTERM
+    (with a checkpoint of the last finished step)."""
+    ckpt, resume_cfg = None, None
     if args.resume:
-        args, ckpt = _restore_args(args, getattr(args, "_defaults", {}))
+        args, ckpt, resume_cfg = _restore_args(args, getattr(args, "_defaults", {}))
     if args.lr_decay_steps is None:
         args.lr_decay_steps = args.max_steps
     for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "eval_interval",
                  "ckpt_interval"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, "
-                             f"got {getattr(args, name)}")
+            raise UsageError(f"{getattr(args, name)} is not positive",
+                             f"--{name.replace('_', '-')}", "an integer >= 1")
     backend = resolve_backend(args.backend)
+    if backend in ("host", "cuda") and args.dtype != "float32":
+        raise UsageError(f"the {backend} kernels run in float32", f"--dtype {args.dtype}",
+                         "--dtype float32, or --backend numpy")
     out = args.out
-    os.makedirs(out, exist_ok=True)
+
+    # memory first: a run that cannot fit is refused before any data is read or written
+    vocab = tokenizer_vocab_size(args)
+    check_memory(args, resume_cfg or build_config(args, vocab), backend)
 
     # the tokenizer is trained to the preset's (or --vocab-size's) size; a resumed run asks
     # for the same, so it finds the cached data of its first run
-    data = prepare_run_data(args, build_config(args).vocab_size, os.path.join(out, "data"),
-                            extra_docs)
-    tok, train_tokens, val_tokens = data
+    os.makedirs(out, exist_ok=True)
+    tok, train_tokens, val_tokens = prepare_run_data(args, vocab, os.path.join(out, "data"),
+                                                     extra_docs)
+    cfg = resume_cfg or build_config(args, tok.vocab_size if tok is not None else None)
+    check_memory(args, cfg, backend)              # the tokenizer's vocabulary is known now
+    if tok is not None and tok.vocab_size > cfg.vocab_size:
+        raise UsageError(f"the tokenizer's {tok.vocab_size} ids do not fit the model's "
+                         f"vocabulary of {cfg.vocab_size}", "--tokenizer / --vocab-size",
+                         f"a vocabulary of at least {tok.vocab_size}")
+    for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+        top = int(np.max(tokens)) if len(tokens) else 0
+        if top >= cfg.vocab_size:
+            raise BadFileError(f"the {split} data holds token id {top}, outside the model's "
+                               f"vocabulary of {cfg.vocab_size}", args.data or out,
+                               "tokens of the tokenizer the model uses")
+    for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+        if len(tokens) < cfg.block_size + 1:
+            raise UsageError(f"the {split} split has {len(tokens)} tokens, fewer than "
+                             f"block_size + 1 = {cfg.block_size + 1}",
+                             f"--data {args.data or '(the default corpus)'}",
+                             "more text, another --val-fraction or a smaller --block-size")
+    sampler = BatchSampler(train_tokens, args.batch_size, cfg.block_size, seed=args.seed)
+
     if ckpt is not None:
-        model, state, tok, _ = load_model(ckpt, backend=backend)
-        cfg = model.cfg
+        model, state, ckpt_tok, _ = load_model(ckpt, backend=backend)
+        tok = ckpt_tok or tok
     else:
-        cfg = build_config(args, tok.vocab_size if tok is not None else None)
         model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed)
         state = {"step": 0}
-    if tok is not None and tok.vocab_size > cfg.vocab_size:
-        raise ValueError(f"tokenizer: {tok.vocab_size} ids do not fit the model's vocabulary "
-                         f"of {cfg.vocab_size}")
-    top = int(np.max(train_tokens)) if len(train_tokens) else 0
-    if top >= cfg.vocab_size:
-        raise ValueError(f"data: token id {top} does not fit vocab_size={cfg.vocab_size}")
-
     opt = AdamW(model.params, model.be, lr=args.lr, betas=(args.beta1, args.beta2),
                 weight_decay=args.weight_decay)
-    sampler = BatchSampler(train_tokens, args.batch_size, cfg.block_size, seed=args.seed)
     if ckpt is not None:
         load_optimizer(ckpt, opt, state)
         sampler.load_state_dict(state["data_rng"])
@@ -298,11 +459,14 @@ def train(args, extra_docs=()):
         f"{len(train_tokens):,} train / {len(val_tokens):,} val tokens"
         + (f"; resuming at step {start}" if ckpt is not None else ""))
 
+    saved = {"step": None}
+
     def checkpoint(step):
         saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "_defaults")}
         run_state = {"args": saved_args, "data_rng": sampler.state_dict(),
                      "train_loss": history[-1].get("loss") if history else None}
         path = save_checkpoint(out, step, model, opt, run_state, tok, keep=args.keep)
+        saved["step"] = step
         write_history(history_path, history)
         plot_losses(history, os.path.join(out, "loss.png"))
         return path
@@ -315,51 +479,48 @@ def train(args, extra_docs=()):
     val_loss = None
     step_time, steps_timed = 0.0, 0
     model.train()
-    try:
-        for step in range(start, args.max_steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, args)
-            loss_sum, grads = 0.0, None
-            for _ in range(args.grad_accum):
-                x, y = sampler.next_batch()
-                _, loss = model.forward(x, y)
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(step)
-                g = model.backward(loss_weight=1.0 / args.grad_accum)
-                if grads is None:
-                    grads = g
-                else:
-                    for k in grads:
-                        grads[k] += g[k]
-                loss_sum += loss / args.grad_accum
-            norm = opt.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
-            if not math.isfinite(float(norm)):
-                raise TrainingDiverged(step)       # the update just applied is not finite
-            step_time += time.perf_counter() - t0
-            steps_timed += 1
-            first_loss = loss_sum if first_loss is None else first_loss
-            row = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": float(norm)}
-            if (step + 1) % args.eval_interval == 0 or step + 1 == args.max_steps:
-                val_loss = evaluate(model, val_tokens, args, args.batch_size)
-                row["val_loss"] = val_loss
-                bar.write(f"step {step + 1}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}",
-                          file=sys.stderr if args.json else sys.stdout)
-            history.append(row)
-            bar.set_postfix(loss=f"{loss_sum:.3f}",
-                            tok_s=f"{tokens_per_step * steps_timed / step_time:.0f}")
-            bar.update(1)
-            if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
-                checkpoint(step + 1)
-    except TrainingDiverged as e:
-        bar.close()
-        kept = list_checkpoints(out)
-        raise TrainingDiverged(
-            f"training stopped: the loss or gradient is not finite (NaN or Inf) at step "
-            f"{e.args[0] + 1}; "
-            f"lower --lr or raise --warmup-steps. The last good checkpoint is "
-            f"{kept[-1] if kept else 'none (no checkpoint was written yet)'}") from None
-    bar.close()
+    with StopOnSignal(out) as stop:
+        try:
+            for step in range(start, args.max_steps):
+                t0 = time.perf_counter()
+                lr = lr_at(step, args)
+                loss_sum, norm = train_step(model, opt, sampler, args, lr)
+                if norm is None or not math.isfinite(norm):
+                    raise _NonFinite(step)         # a non-finite loss, or update just applied
+                step_time += time.perf_counter() - t0
+                steps_timed += 1
+                first_loss = loss_sum if first_loss is None else first_loss
+                row = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm}
+                if (step + 1) % args.eval_interval == 0 or step + 1 == args.max_steps:
+                    val_loss = evaluate(model, val_tokens, args, args.batch_size)
+                    row["val_loss"] = val_loss
+                    bar.write(f"step {step + 1}: train loss {loss_sum:.4f}, val loss "
+                              f"{val_loss:.4f}", file=sys.stderr if args.json else sys.stdout)
+                history.append(row)
+                bar.set_postfix(loss=f"{loss_sum:.3f}",
+                                tok_s=f"{tokens_per_step * steps_timed / step_time:.0f}")
+                bar.update(1)
+                if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
+                    checkpoint(step + 1)
+                if stop.signum is not None:
+                    path = (os.path.join(out, f"ckpt_{step + 1:06d}")
+                            if saved["step"] == step + 1 else checkpoint(step + 1))
+                    bar.close()
+                    raise Interrupted(f"interrupted by {signal_name(stop.signum)} after step "
+                                      f"{step + 1} of {args.max_steps}; checkpoint written",
+                                      path, f"continue with: scratchgpt train --resume {out}",
+                                      signum=stop.signum)
+        except _NonFinite as e:
+            bar.close()
+            kept = list_checkpoints(out)
+            raise TrainingDiverged(
+                f"training stopped: the loss or gradient is not finite (NaN or Inf) at step "
+                f"{e.args[0] + 1}", f"--lr {args.lr} --warmup-steps "
+                f"{args.warmup_steps}", "a lower --lr or more --warmup-steps; the last good "
+                f"checkpoint is {kept[-1] if kept else 'none (no checkpoint was written yet)'}"
+            ) from None
+        finally:
+            bar.close()
     if val_loss is None:
         val_loss = evaluate(model, val_tokens, args, args.batch_size)
     return {"first_loss": first_loss, "final_loss": history[-1]["loss"] if history else None,
@@ -371,13 +532,7 @@ def train(args, extra_docs=()):
 
 
 def run(args):
-    try:
-        summary = train(args)
-    except TrainingDiverged as e:
-        print(str(e), file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": str(e)}))
-        return 2
+    summary = train(args)
     msg = (f"done: {summary['steps']} steps, val loss {summary['final_val_loss']:.4f}, "
            f"{summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else
            f"done: nothing to run (the run is at step {summary['steps']})")
