@@ -15,6 +15,13 @@
 //     participant's result; lanes outside the mask never take part;
 //   - blocks are spread over a small pool of OS threads (the caller plus N-1 workers, N = the
 //     cores, at most 8; SCRATCH_HOST_THREADS overrides), each block run start to end by one;
+//   - the order in which a block's fibers run between barriers and warp operations is chosen
+//     per launch by SCRATCH_HOST_SCHEDULE (forward | reverse | random:SEED, see schedule());
+//     a correct kernel gives the same result under every order, a racy one usually does not;
+//   - SCRATCH_HOST_POISON=1 fills shared memory (static and dynamic) with a NaN pattern at the
+//     start of every block, so a read of shared memory no thread of the block wrote shows up;
+//   - `__activemask()` is a rendezvous of the lanes that reach the same call site (see
+//     active_mask()): inside a divergent branch it returns the branch's lanes, as on the GPU;
 //   - misuse raises instead of hanging: a `__syncthreads` not reached by every thread of the
 //     block (or reached at different places), a warp operation whose mask names a lane that
 //     exits or never arrives, masks that disagree, a misaligned vector load. The error names
@@ -77,9 +84,13 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// A block-scope thread_local is static storage, one instance per OS thread: exactly one block's
-// shared memory, since a worker runs one block at a time and all of its threads.
-#define __shared__ thread_local
+// Static shared memory is declared with SCRATCH_SHARED(type, name, dims) (core/vec.h): a
+// block-scope thread_local (one instance per OS thread: exactly one block's shared memory, since
+// a worker runs one block at a time and all of its threads) that is re-poisoned at the first
+// execution of its declaration in each block under SCRATCH_HOST_POISON=1. A bare `__shared__`
+// could not be poisoned (the macro never sees the variable's name), so it does not compile here.
+#define __shared__ \
+    static_assert(false, "declare static shared memory with SCRATCH_SHARED(type, name, [dims]) (core/vec.h)");
 
 struct dim3 {
     unsigned x, y, z;
@@ -156,7 +167,7 @@ inline void context_make(Context& c, char* stack, size_t bytes, void (*entry)())
 #endif
 
 // ------------------------------------------------------------------------------------- state
-enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Done };
+enum class State : uint8_t { Runnable, AtBarrier, AtWarp, AtActiveMask, Done };
 enum class WarpOp : uint8_t { ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp };
 
 inline const char* warp_op_name(WarpOp op) {
@@ -186,8 +197,66 @@ struct Fiber {
     int width = 32;
     uint64_t value = 0;
     uint64_t result = 0;
+    const char* site = nullptr;     // the __activemask() call site this lane waits at
+    int order_pos = 0;              // its position in the segment's order (random schedule)
     void* asan_fake_stack = nullptr;
 };
+
+// The order in which the runnable fibers of a block take turns (SCRATCH_HOST_SCHEDULE).
+enum class Schedule : uint8_t { Forward, Reverse, Random };
+
+// What the environment asks of a launch: read once per launch, by the launching thread, so a
+// process (a test) may change SCRATCH_HOST_SCHEDULE / SCRATCH_HOST_POISON between launches.
+struct LaunchOptions {
+    Schedule schedule = Schedule::Forward;
+    uint64_t seed = 0;              // random:SEED
+    bool poison = false;            // fill shared memory with kPoisonWord at every block start
+};
+
+// Poison: every 16-bit half is 0x7fff. A NaN as float32, float64, bf16 and fp16; as an int32
+// 2147450879 (never 0 or -1, the usual sentinels; as an index it lands far out of bounds).
+constexpr uint32_t kPoisonWord = 0x7fff7fffu;
+
+inline void poison_fill(void* p, size_t bytes) {
+    auto* b = static_cast<unsigned char*>(p);
+    for (size_t i = 0; i < bytes; ++i) b[i] = (i & 1) ? 0x7f : 0xff;   // little-endian 0x7fff
+}
+
+inline LaunchOptions launch_options() {
+    LaunchOptions o;
+    const char* sched = std::getenv("SCRATCH_HOST_SCHEDULE");
+    if (sched && *sched) {
+        const std::string v = sched;
+        if (v == "forward") {
+            o.schedule = Schedule::Forward;
+        } else if (v == "reverse") {
+            o.schedule = Schedule::Reverse;
+        } else if (v.rfind("random:", 0) == 0 && v.size() > 7 &&
+                   v.find_first_not_of("0123456789", 7) == std::string::npos && v.size() <= 7 + 19) {
+            o.schedule = Schedule::Random;
+            o.seed = std::strtoull(v.c_str() + 7, nullptr, 10);
+        } else {
+            throw Error(str("SCRATCH_HOST_SCHEDULE=", v, ": expected forward, reverse or random:SEED "
+                            "(SEED a decimal integer)"));
+        }
+    }
+    const char* poison = std::getenv("SCRATCH_HOST_POISON");
+    if (poison && *poison) {
+        const std::string v = poison;
+        if (v != "0" && v != "1") throw Error(str("SCRATCH_HOST_POISON=", v, ": expected 0 or 1"));
+        o.poison = v == "1";
+    }
+    return o;
+}
+
+// splitmix64: the random schedule's generator (a seed per block and segment: deterministic
+// whichever OS thread runs the block).
+inline uint64_t splitmix64(uint64_t& state) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
 
 // One launch, as every worker sees it.
 struct Launch {
@@ -197,6 +266,7 @@ struct Launch {
     int threads = 0;                // per block
     void (*entry)(const void* args) = nullptr;
     const void* args = nullptr;
+    LaunchOptions options;
 };
 
 inline size_t env_size(const char* name, size_t fallback) {
@@ -235,6 +305,7 @@ public:
     const Launch* launch = nullptr;
     bool failed = false;
     std::string error;
+    uint64_t block_serial = 0;      // counts the blocks this worker ran (static shared memory's epoch)
 
     Worker() = default;
     Worker(const Worker&) = delete;
@@ -248,6 +319,7 @@ public:
         launch = &L;
         failed = false;
         error.clear();
+        schedule_ = L.options.schedule;
         if (L.dynamic_smem != dynamic_smem_bytes_) {
             std::free(dynamic_smem_);
             dynamic_smem_ = L.dynamic_smem ? std::aligned_alloc(128, round_up(L.dynamic_smem, 128)) : nullptr;
@@ -268,6 +340,10 @@ public:
         runnable_ = n;
         barrier_arrived_ = 0;
         barrier_site_ = nullptr;
+        ++block_serial;
+        segment_ = 0;
+        block_linear_ = bidx.x + uint64_t(L.grid.x) * (bidx.y + uint64_t(L.grid.y) * bidx.z);
+        if (L.options.poison && dynamic_smem_) poison_fill(dynamic_smem_, dynamic_smem_bytes_);
 #if defined(SCRATCH_ASAN)
         // A finished fiber never returns from fiber_main, so the redzones of its last frames stay
         // poisoned at the top of its stack (after an error, anywhere in it): clear them before
@@ -291,9 +367,10 @@ public:
             context_make(f.ctx, f.stack, f.stack_bytes - kStackColour * (i % kStackColours),
                          &Worker::fiber_main);
         }
-        current_ = 0;
-        current_fiber() = &fibers_[0];
-        jump(main_, &main_fake_stack_, fibers_[0]);
+        const int first = first_of_segment();
+        current_ = first;
+        current_fiber() = &fibers_[first];
+        jump(main_, &main_fake_stack_, fibers_[first]);
         current_fiber() = nullptr;
     }
 
@@ -316,6 +393,10 @@ public:
             for (int i = 0; i < n_; ++i)
                 if (fibers_[i].state == State::AtBarrier) fibers_[i].state = State::Runnable;
             runnable_ = n_;
+            ++segment_;
+            // forward: the last to arrive runs on (as it always has); reverse and random start
+            // the new segment from the first fiber of their order
+            if (schedule_ != Schedule::Forward) switch_to(first_of_segment());
             return;
         }
         self.state = State::AtBarrier;
@@ -358,12 +439,26 @@ public:
         return self.result;
     }
 
-    unsigned active_mask() const {
+    // __activemask() at `site` (file:line). On the GPU it returns the lanes of the warp that are
+    // converged at this point of the code: inside a divergent branch, the branch's lanes only.
+    // Fibers run one at a time, so "executing the same code point together" is modelled as a
+    // rendezvous: the lane waits at `site` until no lane of its warp is runnable (each other
+    // live lane has reached this site, another __activemask site, a barrier or a warp
+    // operation, or has exited); then every lane waiting at this site gets the set of lanes
+    // waiting there, and lanes waiting at another site get theirs. Lanes that exited are never
+    // active; lanes that wait at a barrier or a warp operation elsewhere are not converged here.
+    // The site is the macro's __FILE__:__LINE__, so a helper function containing __activemask()
+    // that is called from both sides of a branch counts as one site (the lanes of both sides
+    // are reported together, as if the helper had reconverged them).
+    unsigned active_mask(const char* site) {
+        Fiber& self = fibers_[current_];
         const int lane = current_ & 31, base = current_ - lane;
-        unsigned m = 0;
-        for (int l = 0; l < 32 && base + l < n_; ++l)
-            if (fibers_[base + l].state != State::Done) m |= 1u << l;
-        return m;
+        self.site = site;
+        self.state = State::AtActiveMask;
+        warps_[base >> 5].at_mask |= 1u << lane;
+        --runnable_;
+        schedule();
+        return unsigned(self.result);
     }
 
     // Abandon the block: its fibers are never resumed (their stacks are reused by the next one).
@@ -379,12 +474,17 @@ private:
     struct WarpState {
         unsigned arrived = 0;   // lanes waiting at a warp operation
         unsigned exited = 0;    // lanes whose thread has returned
+        unsigned at_mask = 0;   // lanes waiting at an __activemask() site
     };
     std::vector<Fiber> fibers_;
     std::vector<WarpState> warps_;
+    std::vector<int> order_;        // random schedule: the segment's order of fibers
     Context main_;
     void* main_fake_stack_ = nullptr;
     int n_ = 0, live_ = 0, runnable_ = 0, current_ = 0, barrier_arrived_ = 0;
+    int segment_ = 0;               // barriers passed by this block
+    uint64_t block_linear_ = 0;
+    Schedule schedule_ = Schedule::Forward;
     const char* barrier_site_ = nullptr;
     bool stacks_dirty_ = false;
     void* dynamic_smem_ = nullptr;
@@ -498,32 +598,118 @@ private:
         __builtin_unreachable();
     }
 
-    // The running fiber cannot continue: run the next runnable one. Lanes of the same warp come
-    // first (its 32 stacks stay in L1 while the warp runs from one warp operation to the next),
-    // then the following warps in round-robin order.
+    // The running fiber cannot continue: run the next runnable one, in the launch's order
+    // (SCRATCH_HOST_SCHEDULE):
+    //   forward  lanes of the same warp first, upwards from the current lane (its 32 stacks stay
+    //            in L1 while the warp runs from one warp operation to the next), then the
+    //            following warps in round-robin order; a block starts at thread 0, and the last
+    //            thread to reach a barrier runs on past it;
+    //   reverse  the mirror image: downwards within the warp, then the preceding warps; a block
+    //            and every segment between barriers start at the highest thread;
+    //   random   a pseudo-random permutation of the block's threads per segment between
+    //            barriers, drawn from (SEED, block, segment), walked cyclically from the current
+    //            fiber: the same order whichever OS thread runs the block, run after run.
+    // A write by one thread and a read by another with no barrier between them gives a different
+    // result under forward and reverse (whichever thread index is lower), so running the tests
+    // under both reveals the race that one order alone hides.
     void schedule() {
-        if (runnable_ == 0) fail(describe_deadlock());
         const int lane = current_ & 31, base = current_ - lane;
-        const int lanes = std::min(32, n_ - base);
-        int next = -1;
-        for (int k = 1; k <= lanes; ++k) {
-            const int l = lane + k < lanes ? lane + k : lane + k - lanes;
-            if (fibers_[base + l].state == State::Runnable) {
-                next = base + l;
-                break;
-            }
-        }
-        if (next < 0) {
-            next = base + lanes - 1;
-            do {
-                next = next + 1 == n_ ? 0 : next + 1;
-            } while (fibers_[next].state != State::Runnable);
-        }
+        if (warps_[base >> 5].at_mask) settle_active_mask(base);
+        if (runnable_ == 0) fail(describe_deadlock());
+        const int next = next_runnable(lane, base);
         Fiber& self = fibers_[current_];
         current_ = next;
         current_fiber() = &fibers_[next];
         if (&fibers_[next] == &self) return;
         jump(self.ctx, self.state == State::Done ? nullptr : &self.asan_fake_stack, fibers_[next]);
+    }
+
+    int next_runnable(int lane, int base) const {
+        const int lanes = std::min(32, n_ - base);
+        int next = -1;
+        switch (schedule_) {
+            case Schedule::Forward:
+                for (int k = 1; k <= lanes; ++k) {
+                    const int l = lane + k < lanes ? lane + k : lane + k - lanes;
+                    if (fibers_[base + l].state == State::Runnable) return base + l;
+                }
+                next = base + lanes - 1;
+                do {
+                    next = next + 1 == n_ ? 0 : next + 1;
+                } while (fibers_[next].state != State::Runnable);
+                return next;
+            case Schedule::Reverse:
+                for (int k = 1; k <= lanes; ++k) {
+                    const int l = lane - k >= 0 ? lane - k : lane - k + lanes;
+                    if (fibers_[base + l].state == State::Runnable) return base + l;
+                }
+                next = base;
+                do {
+                    next = next == 0 ? n_ - 1 : next - 1;
+                } while (fibers_[next].state != State::Runnable);
+                return next;
+            case Schedule::Random: {
+                int p = fibers_[base + lane].order_pos;
+                for (int k = 0; k < n_; ++k) {
+                    p = p + 1 == n_ ? 0 : p + 1;
+                    if (fibers_[order_[p]].state == State::Runnable) return order_[p];
+                }
+                break;
+            }
+        }
+        return base + lane;   // unreachable: runnable_ > 0
+    }
+
+    // The first fiber of a segment (block start, barrier release); draws the random order.
+    int first_of_segment() {
+        switch (schedule_) {
+            case Schedule::Forward: return 0;
+            case Schedule::Reverse: return n_ - 1;
+            case Schedule::Random: break;
+        }
+        uint64_t state = launch->options.seed;
+        state = splitmix64(state) ^ block_linear_;
+        state = splitmix64(state) ^ uint64_t(segment_);
+        order_.resize(n_);
+        for (int i = 0; i < n_; ++i) order_[i] = i;
+        for (int i = n_ - 1; i > 0; --i) std::swap(order_[i], order_[splitmix64(state) % uint64_t(i + 1)]);
+        for (int i = 0; i < n_; ++i) fibers_[order_[i]].order_pos = i;
+        return order_[0];
+    }
+
+    // Run fiber `next` now; the current fiber stays runnable and resumes when its turn comes.
+    void switch_to(int next) {
+        if (next == current_) return;
+        Fiber& self = fibers_[current_];
+        current_ = next;
+        current_fiber() = &fibers_[next];
+        jump(self.ctx, &self.asan_fake_stack, fibers_[next]);
+    }
+
+    // No lane of this warp can run on: the lanes waiting at __activemask() sites learn who is
+    // there with them (one set per site) and become runnable.
+    void settle_active_mask(int base) {
+        WarpState& warp = warps_[base >> 5];
+        const int lanes = std::min(32, n_ - base);
+        for (int l = 0; l < lanes; ++l)
+            if (fibers_[base + l].state == State::Runnable) return;
+        unsigned waiting = warp.at_mask;
+        warp.at_mask = 0;
+        while (waiting) {
+            const char* site = fibers_[base + __builtin_ctz(waiting)].site;
+            unsigned group = 0;
+            for (unsigned w = waiting; w; w &= w - 1) {
+                const int l = __builtin_ctz(w);
+                if (std::strcmp(fibers_[base + l].site, site) == 0) group |= 1u << l;
+            }
+            for (unsigned g = group; g; g &= g - 1) {
+                Fiber& f = fibers_[base + __builtin_ctz(g)];
+                f.result = group;
+                f.state = State::Runnable;
+                ++runnable_;
+            }
+            waiting &= ~group;
+        }
     }
 
     void complete_warp_op(int base, unsigned mask, WarpOp op) {
@@ -721,6 +907,7 @@ inline void run(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 bloc
     L.threads = int(block.x * block.y * block.z);
     L.entry = &C::invoke;
     L.args = &closure;
+    L.options = launch_options();
     Pool::instance().run(L);
 }
 
@@ -742,6 +929,17 @@ inline T from_bits(uint64_t bits) {
 
 template <typename T>
 inline T* dynamic_shared() { return static_cast<T*>(worker().dynamic_smem()); }
+
+// SCRATCH_SHARED's hook, run by every thread each time it executes the declaration: the first
+// execution in a block poisons the variable (under SCRATCH_HOST_POISON=1). No thread can touch a
+// static shared variable before some thread of the block has executed its declaration, so this
+// is the same as poisoning every static shared variable at block start.
+inline void shared_declared(void* p, size_t bytes, uint64_t& epoch) {
+    const Worker* w = current_worker();
+    if (!w || epoch == w->block_serial) return;
+    epoch = w->block_serial;
+    if (w->launch->options.poison) poison_fill(p, bytes);
+}
 
 // Raise from inside a kernel: the launch fails with this message (kernel, block, thread named).
 [[noreturn]] inline void device_fail(const std::string& message) {
@@ -793,7 +991,7 @@ inline int __all_sync(unsigned mask, int predicate) {
     using namespace ::scratch::host;
     return int(worker().warp_op(WarpOp::All, mask, predicate != 0, 0, 32));
 }
-inline unsigned __activemask() { return ::scratch::host::worker().active_mask(); }
+#define __activemask() ::scratch::host::worker().active_mask(__FILE__ ":" SCRATCH_STRINGIFY(__LINE__))
 [[noreturn]] inline void __trap() { ::scratch::host::device_fail("__trap() called"); }
 
 // ------------------------------------------------------------------------------------ atomics

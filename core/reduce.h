@@ -7,6 +7,7 @@
 #pragma once
 
 #include "platform.h"
+#include "vec.h"
 
 namespace scratch {
 
@@ -32,7 +33,7 @@ __device__ __forceinline__ int linear_thread_index() {
 namespace detail {
 template <typename T, typename Combine>
 __device__ __forceinline__ T block_reduce(T v, T identity, Combine combine) {
-    __shared__ T partial[32];
+    SCRATCH_SHARED(T, partial, [32]);
     const int tid = linear_thread_index();
     const int lane = tid & 31, warp = tid >> 5;
     const int warps = int(blockDim.x * blockDim.y * blockDim.z) >> 5;

@@ -6,6 +6,11 @@
 //
 // SCRATCH_DYNAMIC_SHARED(float, smem);  declares `float* smem` pointing at the launch's dynamic
 // shared memory: `extern __shared__` on the GPU, the worker's per-launch buffer on the host.
+//
+// SCRATCH_SHARED(float, tile, [32][33]);  declares static shared memory, 16-byte aligned:
+// `__shared__ __align__(16) float tile[32][33]` on the GPU; on the host a block-scope
+// thread_local that SCRATCH_HOST_POISON=1 refills with NaNs in every block (a bare `__shared__`
+// does not compile in the host build: it could not be poisoned). One variable per declaration.
 #pragma once
 
 #include <cstdint>
@@ -22,12 +27,17 @@ __host__ __device__ __forceinline__ bool is_aligned(const void* p, unsigned byte
 #define SCRATCH_DEVICE_CHECK(cond, message) \
     do { if (!(cond)) ::scratch::host::device_fail(message); } while (0)
 #define SCRATCH_DYNAMIC_SHARED(T, name) T* name = ::scratch::host::dynamic_shared<T>()
+#define SCRATCH_SHARED(T, name, ...)                                   \
+    alignas(16) thread_local T name __VA_ARGS__;                       \
+    static thread_local uint64_t scratch_shared_epoch_##name = 0;      \
+    ::scratch::host::shared_declared(&name, sizeof(name), scratch_shared_epoch_##name)
 #else
 // On the GPU the checks cost registers and branches in every kernel; they run on the host.
 #define SCRATCH_DEVICE_CHECK(cond, message) do { } while (0)
 #define SCRATCH_DYNAMIC_SHARED(T, name) \
     extern __shared__ __align__(16) unsigned char scratch_dynamic_smem_[]; \
     T* name = reinterpret_cast<T*>(scratch_dynamic_smem_)
+#define SCRATCH_SHARED(T, name, ...) __shared__ __align__(16) T name __VA_ARGS__
 #endif
 
 __device__ __forceinline__ float4 load_float4(const float* p) {

@@ -406,8 +406,8 @@ constexpr int kMmTile = 32;
 __global__ void __launch_bounds__(256)
 batched_matmul_kernel(Operand c, Operand a, Operand bm, int M, int N, int K, int H, float alpha,
                       int score_window) {
-    __shared__ float a_sh[kMmTile][kMmTile + 1];   // [i][k]
-    __shared__ float b_sh[kMmTile][kMmTile + 1];   // [k][j]
+    SCRATCH_SHARED(float, a_sh, [kMmTile][kMmTile + 1]);   // [i][k]
+    SCRATCH_SHARED(float, b_sh, [kMmTile][kMmTile + 1]);   // [k][j]
     const int i0 = blockIdx.y * kMmTile, j0 = blockIdx.x * kMmTile;
     if (score_window > 0 && (j0 > i0 + kMmTile - 1 || j0 + kMmTile - 1 <= i0 - score_window))
         return;   // the whole block leaves before any barrier
@@ -496,9 +496,10 @@ __global__ void __launch_bounds__(32 * kDecodeWarps)
 decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* __restrict__ k,
               const float* __restrict__ v, int H, int Tn, int S, int D, int t0, int w,
               float scale, bool vec4) {
-    __shared__ float p_sh[kDecodeWarps][32];
-    __shared__ float o_sh[kDecodeWarps][ND * 32];
-    __shared__ float m_sh[kDecodeWarps], l_sh[kDecodeWarps];
+    SCRATCH_SHARED(float, p_sh, [kDecodeWarps][32]);
+    SCRATCH_SHARED(float, o_sh, [kDecodeWarps][ND * 32]);
+    SCRATCH_SHARED(float, m_sh, [kDecodeWarps]);
+    SCRATCH_SHARED(float, l_sh, [kDecodeWarps]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = blockIdx.x;   // (b * H + h) * Tn + i
     const int i = g % Tn, bh = g / Tn, h = bh % H, b = bh / H;

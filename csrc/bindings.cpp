@@ -539,7 +539,36 @@ PYBIND11_MODULE(_host, m) {
               k::exec_test_dynamic_smem(t_out, t_in, block, as_stream(stream));
           },
           "out"_a, "in"_a, "block"_a, "stream"_a = 0);
+    m.def("exec_test_activemask",
+          [](py::object out, py::object predicate, int block, int live, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_p = as_tensor(predicate, "predicate");
+              py::gil_scoped_release nogil;
+              k::exec_test_activemask(t_out, t_p, block, live, as_stream(stream));
+          },
+          "out"_a, "predicate"_a, "block"_a, "live"_a, "stream"_a = 0);
 #if !defined(SCRATCH_BUILD_CUDA)
+    m.def("exec_test_activemask_loop",
+          [](py::object out, py::object trips, int block) {
+              Tensor t_out = as_tensor(out, "out"), t_trips = as_tensor(trips, "trips");
+              py::gil_scoped_release nogil;
+              k::exec_test_activemask_loop(t_out, t_trips, block);
+          },
+          "out"_a, "trips"_a, "block"_a);
+    m.def("exec_test_neighbour",
+          [](py::object out, py::object in, int block, int mode) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::exec_test_neighbour(t_out, t_in, block, mode);
+          },
+          "out"_a, "in"_a, "block"_a, "mode"_a);
+    m.def("exec_test_uninitialised",
+          [](py::object out, py::object ints, py::object written, int block) {
+              Tensor t_out = as_tensor(out, "out"), t_ints = as_tensor(ints, "ints"),
+                     t_written = as_tensor(written, "written");
+              py::gil_scoped_release nogil;
+              k::exec_test_uninitialised(t_out, t_ints, t_written, block);
+          },
+          "out"_a, "ints"_a, "written"_a, "block"_a);
     py::list cases;
     for (const char* const* c = k::kExecMisuseCases; *c; ++c) cases.append(*c);
     m.attr("EXEC_MISUSE_CASES") = py::tuple(cases);

@@ -92,7 +92,7 @@ embedding_backward_dwpe_kernel(float* __restrict__ dwpe, const float* __restrict
 
 // Exclusive prefix sum of one int per thread over a block of kSortThreads; also the total.
 __device__ int block_exclusive_scan(int value, int* total) {
-    __shared__ int warp_totals[kSortThreads / 32];
+    SCRATCH_SHARED(int, warp_totals, [kSortThreads / 32]);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int inclusive = value;
     for (int d = 1; d < 32; d <<= 1) {
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kSortThreads)
 embedding_backward_sort_kernel(int* __restrict__ starts, int* __restrict__ cursor,
                                int* __restrict__ order, int* __restrict__ status,
                                const Id* __restrict__ idx, int N, int V) {
-    __shared__ int chunk_ids[kSortThreads];
+    SCRATCH_SHARED(int, chunk_ids, [kSortThreads]);
     const int tid = threadIdx.x;
     for (int v = tid; v < V; v += kSortThreads) cursor[v] = 0;
     __syncthreads();

@@ -120,6 +120,11 @@ void exec_test_atomics(const Tensor& sum, const Tensor& max, const Tensor& count
 void exec_test_grid3d(const Tensor& out, int gx, int gy, int gz, int bx, int by, int bz,
                       Stream stream);
 void exec_test_dynamic_smem(const Tensor& out, const Tensor& in, int block, Stream stream);
+void exec_test_activemask(const Tensor& out, const Tensor& predicate, int block, int live, Stream stream);
+// Host only: schedules, poison and __activemask in a divergent loop.
+void exec_test_activemask_loop(const Tensor& out, const Tensor& trips, int block);
+void exec_test_neighbour(const Tensor& out, const Tensor& in, int block, int mode);
+void exec_test_uninitialised(const Tensor& out, const Tensor& ints, const Tensor& written, int block);
 // Host only: kernels that misuse barriers or warp operations; each must raise (never hang).
 // On a GPU most of these would hang or be undefined, so `_cuda` does not export them.
 void exec_test_misuse(const char* which);

@@ -141,8 +141,8 @@ layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
                                           const float* __restrict__ x,
                                           const float* __restrict__ mean_in,
                                           const float* __restrict__ rstd_in, int N, int C) {
-    __shared__ float dweight_part[8][33];   // +1 column: no bank conflicts on the transpose read
-    __shared__ float dbias_part[8][33];
+    SCRATCH_SHARED(float, dweight_part, [8][33]);   // +1 column: no bank conflicts on the transpose read
+    SCRATCH_SHARED(float, dbias_part, [8][33]);
     const int c = blockIdx.x * 32 + threadIdx.x;
     const int row_begin = blockIdx.y * kRowsPerChunk;
     const int row_end = min(N, row_begin + kRowsPerChunk);

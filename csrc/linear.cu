@@ -174,8 +174,8 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     constexpr int kStrideM = BM / kSubM, kStrideN = BN / kSubN;   // their spacing
     using LoadA = TileLoader<BM, BK, T::kThreads, kAKMajor, kVecA>;
     using LoadB = TileLoader<BN, BK, T::kThreads, kBKMajor, kVecB>;
-    __align__(16) __shared__ float As[2][BK][BM + kSmemPad];
-    __align__(16) __shared__ float Bs[2][BK][BN + kSmemPad];
+    SCRATCH_SHARED(float, As, [2][BK][BM + kSmemPad]);
+    SCRATCH_SHARED(float, Bs, [2][BK][BN + kSmemPad]);
 
     const int tid = threadIdx.x;
     const int tx = tid % T::kThreadCols, ty = tid / T::kThreadCols;
@@ -270,7 +270,7 @@ constexpr int kFinalizeThreads = 256;
 // Block (32, 8): column blockIdx.x * 32 + threadIdx.x, rows of chunk blockIdx.y strided by 8.
 __global__ void __launch_bounds__(256)
 column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ dy, int M, int N) {
-    __shared__ float part[8][33];   // +1: the transposed read below is conflict-free
+    SCRATCH_SHARED(float, part, [8][33]);   // +1: the transposed read below is conflict-free
     const int c = blockIdx.x * 32 + threadIdx.x;
     const int row_end = min(M, int(blockIdx.y + 1) * kRowsPerChunk);
     float acc = 0.0f;

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kRowThreads)
 softmax_xent_forward_kernel(float2* __restrict__ stats, float* __restrict__ row_loss,
                             int* __restrict__ status, const float* __restrict__ logits,
                             const Target* __restrict__ targets, int rows, int V) {
-    __shared__ MaxRest warp_state[kRowThreads / 32];
+    SCRATCH_SHARED(MaxRest, warp_state, [kRowThreads / 32]);
     const int row = blockIdx.x;
     const float* z = logits + size_t(row) * V;
     MaxRest state{-FLT_MAX, -1.0f};

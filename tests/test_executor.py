@@ -5,6 +5,7 @@ executor's semantics (shuffle edge cases, widths, partial masks) are the hardwar
 (divergent barriers, lanes missing from a mask) must raise on the host, naming the kernel.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -138,22 +139,188 @@ def test_dynamic_shared_memory(kernel_runtime, n, block):
     np.testing.assert_array_equal(rt.asnumpy(out), expected)
 
 
-MISUSE = {   # case -> (kernel named in the error, what the error says)
-    "barrier_skipped": ("barrier_skipped_kernel", "exited while 16 thread(s) wait at __syncthreads"),
-    "barrier_divergent": ("barrier_divergent_kernel", "divergent __syncthreads"),
-    "lane_exits": ("lane_exits_kernel", "lane 31 (thread (31,0,0)) exited"),
-    "lane_never_arrives": ("lane_never_arrives_kernel", "for lanes 0x00000020 that never arrive"),
-    "lane_not_in_mask": ("lane_not_in_mask_kernel", "does not include the calling lane"),
-    "misaligned": ("misaligned_kernel", "misaligned float4 load"),
+MISUSE = {   # case -> (kernel named in the error, what the error says: a regex; which of the
+             # alternatives depends on the schedule, i.e. on which thread meets the fault first)
+    "barrier_skipped": ("barrier_skipped_kernel",
+                        r"exited while \d+ thread\(s\) wait at __syncthreads|"
+                        r"reached by thread \(\d+,0,0\) after \d+ thread\(s\) of the block exited"),
+    "barrier_divergent": ("barrier_divergent_kernel", r"divergent __syncthreads"),
+    "lane_exits": ("lane_exits_kernel", r"lane 31 \(thread \(31,0,0\)\) exited|"
+                                         r"lane 31 of the mask already exited"),
+    "lane_never_arrives": ("lane_never_arrives_kernel", r"for lanes 0x00000020 that never arrive"),
+    "lane_not_in_mask": ("lane_not_in_mask_kernel", r"does not include the calling lane"),
+    "misaligned": ("misaligned_kernel", r"misaligned float4 load"),
 }
+SCHEDULES = ["forward", "reverse", "random:1", "random:2024"]
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("case", sorted(MISUSE))
-def test_misuse_raises_naming_the_kernel(host_runtime, case):
+def test_misuse_raises_naming_the_kernel(host_runtime, monkeypatch, case, schedule):
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
     kernel, says = MISUSE[case]
     with pytest.raises(RuntimeError) as e:
         host_runtime.lib.exec_test_misuse(case)
-    assert kernel in str(e.value) and says in str(e.value), str(e.value)
+    assert kernel in str(e.value) and re.search(says, str(e.value)), str(e.value)
+
+
+def activemask_expected(predicate, block, live):
+    """Per thread: the mask in its branch (the warp's live lanes with the same predicate), the
+    mask where the live lanes meet again, the branch taken (1, 2); zeros past `live`."""
+    n = predicate.size
+    t = np.arange(n)
+    alive = t < live
+    weights = (1 << np.arange(32, dtype=np.uint64))
+    def warp_mask(member):   # per thread: the bits of the lanes of its warp where `member`
+        return ((member.reshape(-1, 32) * weights).sum(axis=1).astype(np.uint32)).repeat(32)
+    taken = alive & (predicate != 0)
+    other = alive & (predicate == 0)
+    inside = np.where(taken, warp_mask(taken), warp_mask(other))
+    expected = np.stack([np.where(alive, inside, 0), np.where(alive, warp_mask(alive), 0),
+                         np.where(taken, 1, np.where(other, 2, 0))]).astype(np.uint32)
+    return expected
+
+
+@given(pattern=st.sampled_from(["random", "halves", "one", "all", "none"]),
+       live=st.integers(1, 128), seed=st.integers(0, 2**16))
+def test_activemask_in_divergent_branches(kernel_runtime, pattern, live, seed):
+    """Inside a branch, __activemask() is the branch's lanes (the GPU's converged lanes), not
+    every live lane; exited lanes are never active; after __syncwarp, all live lanes are."""
+    rt = kernel_runtime
+    n = 128
+    lane = np.arange(n) % 32
+    p = {"random": np.random.default_rng(seed).integers(0, 2, n), "halves": lane < 16,
+         "one": lane == seed % 32, "all": np.ones(n), "none": np.zeros(n)}[pattern].astype(np.int32)
+    out = rt.asarray(np.zeros((3, n), np.int32))
+    rt.lib.exec_test_activemask(out, rt.asarray(p), 64, live, rt.stream())
+    np.testing.assert_array_equal(rt.asnumpy(out).view(np.uint32), activemask_expected(p, 64, live))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_activemask_in_a_divergent_loop(host_runtime, monkeypatch, schedule):
+    """Lanes leave a loop one trip count at a time: each iteration's mask is the lanes still in
+    it, whatever the order in which the fibers run."""
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    trips = np.random.default_rng(3).integers(0, 6, 128).astype(np.int32)
+    out = np.full(128, -1, np.int32)
+    host_runtime.lib.exec_test_activemask_loop(out, trips, 64)
+    w = trips.reshape(-1, 32)
+    weights = 1 << np.arange(32, dtype=np.uint64)
+    expected = np.array([[((w[i] >= w[i, l]) * weights).sum() if w[i, l] > 0 else 0
+                          for l in range(32)] for i in range(len(w))], np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.reshape(-1))
+
+
+def neighbours(x, block):
+    """out[t] = x[t - 1] within each warp of each block (lane 0: its own)."""
+    t = np.arange(x.size)
+    local = t % block
+    src = np.where(local % 32 == 0, t, t - 1)
+    return x[src]
+
+
+@pytest.mark.parametrize("block", [64, 100, 1024])
+def test_racy_kernel_passes_forward_and_fails_reverse_and_random(host_runtime, monkeypatch, block):
+    """neighbour_kernel mode 0 reads a value another thread of the warp stored, with no barrier
+    in between: the forward order (lower thread first) happens to hide the race, reverse and
+    random orders expose it (with poison: as NaN)."""
+    lib = host_runtime.lib
+    x = np.random.default_rng(block).standard_normal(3 * block - 7).astype(np.float32)
+    expected = neighbours(x, block)
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "1")
+    out = np.full_like(x, 7.0)
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", "forward")
+    lib.exec_test_neighbour(out, x, block, 0)
+    np.testing.assert_array_equal(out, expected)
+    for schedule in ["reverse", "random:1", "random:77"]:
+        monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+        out = np.full_like(x, 7.0)
+        lib.exec_test_neighbour(out, x, block, 0)
+        wrong = out != expected
+        assert wrong.any(), schedule
+        assert np.isnan(out[wrong]).all(), (schedule, out[wrong][:8])   # the poison, read early
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("poison", ["0", "1"])
+def test_synchronised_kernel_passes_every_schedule(host_runtime, monkeypatch, schedule, mode, poison):
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    monkeypatch.setenv("SCRATCH_HOST_POISON", poison)
+    for block in [32, 96, 1024]:
+        x = np.random.default_rng(block).standard_normal(2 * block + 5).astype(np.float32)
+        out = np.full_like(x, np.nan)
+        host_runtime.lib.exec_test_neighbour(out, x, block, mode)
+        np.testing.assert_array_equal(out, neighbours(x, block))
+
+
+def test_random_schedule_is_deterministic_given_the_seed(host_runtime, monkeypatch):
+    """The racy kernel's wrong answer is a function of the seed alone (the same permutation per
+    block and segment whichever OS thread runs the block); another seed gives another one."""
+    lib = host_runtime.lib
+    x = np.arange(8 * 256, dtype=np.float32)
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "1")
+    results = {}
+    for seed in [5, 5, 6]:
+        monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", f"random:{seed}")
+        out = np.zeros_like(x)
+        lib.exec_test_neighbour(out, x, 256, 0)
+        results.setdefault(seed, []).append(np.isnan(out))
+    np.testing.assert_array_equal(results[5][0], results[5][1])
+    assert (results[5][0] != results[6][0]).any()
+
+
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random:3"])
+def test_poison_shows_uninitialised_shared_memory(host_runtime, monkeypatch, schedule):
+    """Under SCRATCH_HOST_POISON=1 every block starts with its static and dynamic shared memory
+    poisoned: slots no thread of the block wrote read as NaN (floats) / 0x7fff7fff (ints), even
+    where an earlier block on the same OS thread wrote them; written slots read back exactly."""
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "1")
+    block = 256
+    written = np.array([256, 3, 0, 200, 256, 17, 1, 255] * 3, np.int32)
+    blocks = written.size
+    for _ in range(2):   # the second launch finds the first one's values in the workers' memory
+        out = np.zeros((blocks, 2, block), np.float32)
+        ints = np.zeros((blocks, block), np.int32)
+        host_runtime.lib.exec_test_uninitialised(out, ints, written, block)
+        t = np.arange(block)
+        value = np.arange(blocks)[:, None] * 1000 + t
+        wrote = t[None, :] < written[:, None]
+        np.testing.assert_array_equal(out[:, 0][wrote], value[wrote])
+        np.testing.assert_array_equal(out[:, 1][wrote], -value[wrote])
+        np.testing.assert_array_equal(ints[wrote], value[wrote])
+        assert np.isnan(out[:, 0][~wrote]).all() and np.isnan(out[:, 1][~wrote]).all()
+        assert (ints[~wrote].view(np.uint32) == 0x7FFF7FFF).all()
+        # the same bytes are a NaN for float64 and for both 16-bit float formats too
+        assert np.isnan(np.frombuffer(np.uint64(0x7FFF7FFF7FFF7FFF).tobytes(), np.float64)).all()
+        assert np.isnan(np.frombuffer(np.uint16(0x7FFF).tobytes(), np.float16)).all()
+
+
+def test_without_poison_shared_memory_keeps_what_was_there(host_runtime, monkeypatch):
+    """The default (no poison) costs nothing and changes nothing: written slots are exact and
+    unwritten ones hold some earlier block's values, never poison left by this launch."""
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "0")
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", "forward")
+    block = 64
+    written = np.array([64] * 8, np.int32)   # every slot written: no poison can remain
+    out = np.zeros((8, 2, block), np.float32)
+    ints = np.zeros((8, block), np.int32)
+    host_runtime.lib.exec_test_uninitialised(out, ints, written, block)
+    value = np.arange(8)[:, None] * 1000 + np.arange(block)
+    np.testing.assert_array_equal(out[:, 0], value)
+    np.testing.assert_array_equal(ints, value)
+
+
+@pytest.mark.parametrize("name, value", [("SCRATCH_HOST_SCHEDULE", "backwards"),
+                                         ("SCRATCH_HOST_SCHEDULE", "random:"),
+                                         ("SCRATCH_HOST_SCHEDULE", "random:x1"),
+                                         ("SCRATCH_HOST_POISON", "yes")])
+def test_bad_schedule_settings_raise(host_runtime, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    x = np.zeros(64, np.float32)
+    with pytest.raises(RuntimeError, match=f"{name}={re.escape(value)}: expected"):
+        host_runtime.lib.exec_test_neighbour(np.zeros_like(x), x, 64, 1)
 
 
 def test_every_misuse_case_is_tested(host_runtime):

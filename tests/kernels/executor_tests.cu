@@ -2,7 +2,8 @@
 // tests/test_executor.py on the host executor and (when present) on the GPU, against NumPy.
 // They are tests of core/, not ops: shuffles of every flavour, votes, partial masks, block
 // reductions over 3-D blocks, a shared-memory transpose, atomics, 3-D grids, dynamic shared
-// memory, and (host only) misuse that must raise.
+// memory, __activemask in divergent code, and (host only) misuse that must raise, a shared-memory
+// race that only some schedules reveal, and reads of shared memory nobody wrote (poison).
 #include <cstring>
 #include <string>
 #include <vector>
@@ -64,7 +65,7 @@ __global__ void block_sum_kernel(float* out, const float* in) {
 
 // out[C][R] = in[R][C] through a 32x33 shared tile; block (32, 8), each thread moves 4 elements.
 __global__ void transpose_kernel(float* out, const float* in, int R, int C) {
-    __shared__ float tile[32][33];
+    SCRATCH_SHARED(float, tile, [32][33]);
     const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
     for (int k = threadIdx.y; k < 32; k += 8) {
         const int r = r0 + k, c = c0 + threadIdx.x;
@@ -114,7 +115,72 @@ __global__ void dynamic_smem_kernel(float* out, const float* in, int n) {
     else if (t < n) out[t] = -1.0f;
 }
 
+// __activemask() where the warp diverges. Threads t >= live return first. out[t]: the mask seen
+// inside the branch lane t takes (predicate[t] != 0 or not); out[n + t]: the mask after the live
+// lanes of the warp meet again at __syncwarp; out[2n + t]: which branch ran (1 or 2). The two
+// branches begin with different stores, so the compiler cannot hoist their __activemask out of
+// them (nor sink it: inline asm is never merged).
+__global__ void activemask_kernel(unsigned* out, const int* predicate, int n, int live) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= live) return;
+    if (predicate[t]) {
+        out[2 * n + t] = 1u;
+        out[t] = __activemask();
+    } else {
+        out[2 * n + t] = 2u;
+        out[t] = __activemask();
+    }
+    const int warp_first = t - (t & 31);
+    const int live_lanes = min(32, live - warp_first);
+    __syncwarp(live_lanes == 32 ? 0xffffffffu : (1u << live_lanes) - 1u);
+    out[n + t] = __activemask();
+}
+
 #if defined(SCRATCH_HOST_EXECUTOR)
+// Host only (the GPU does not promise that a divergent loop runs its lanes converged): lane t
+// runs trips[t] iterations; out[t] is the mask its last iteration saw (0 if none): the lanes
+// still in the loop, {l : trips[l] >= trips[t]}.
+__global__ void activemask_loop_kernel(unsigned* out, const int* trips) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned seen = 0;
+    for (int i = 0; i < trips[t]; ++i) seen = __activemask();
+    out[t] = seen;
+}
+
+// Each thread stores its value in shared memory and reads its lower neighbour's in the warp
+// (lane 0 its own): out[t] = in[t - 1]. mode 0: no barrier between the store and the load (a
+// race: right only when the lower thread runs first, as the forward schedule happens to do);
+// 1: __syncthreads(); 2: __syncwarp() (enough: the neighbour is in the same warp).
+__global__ void neighbour_kernel(float* out, const float* in, int n, int mode) {
+    SCRATCH_SHARED(float, values, [1024]);
+    const int t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+    values[t] = g < n ? in[g] : 0.0f;
+    if (mode == 1) __syncthreads();
+    if (mode == 2) __syncwarp();
+    const int src = (t & 31) == 0 ? t : t - 1;
+    if (g < n) out[g] = values[src];
+}
+
+// Block b: threads t < written[b] store into static float and int and dynamic shared memory,
+// then every thread reads its own slot back: out[b][0][t] (static float), out[b][1][t]
+// (dynamic), ints[b][t] (static int). Slots nobody wrote hold whatever the memory held: under
+// SCRATCH_HOST_POISON=1 the poison, in every block, whatever earlier blocks left there.
+__global__ void uninitialised_kernel(float* out, int* ints, const int* written) {
+    SCRATCH_SHARED(float, f, [256]);
+    SCRATCH_SHARED(int, k, [256]);
+    SCRATCH_DYNAMIC_SHARED(float, dyn);
+    const int t = threadIdx.x, b = blockIdx.x, threads = blockDim.x;
+    if (t < written[b]) {
+        f[t] = float(b * 1000 + t);
+        k[t] = b * 1000 + t;
+        dyn[t] = -float(b * 1000 + t);
+    }
+    __syncthreads();
+    out[(2 * b) * threads + t] = f[t];
+    out[(2 * b + 1) * threads + t] = dyn[t];
+    ints[b * threads + t] = k[t];
+}
+
 // ---------------------------------------------------------- misuse: each must raise, not hang
 __global__ void barrier_skipped_kernel() {   // half the block returns, half waits at a barrier
     if (threadIdx.x < 16) __syncthreads();
@@ -242,6 +308,51 @@ void exec_test_dynamic_smem(const Tensor& out, const Tensor& in, int block, Stre
            size_t(block) * sizeof(float), static_cast<cudaStream_t>(stream), out.ptr<float>(),
            in.ptr<float>(), n);
 }
+
+void exec_test_activemask(const Tensor& out, const Tensor& predicate, int block, int live, Stream stream) {
+    expect_input(predicate, DType::I32);
+    const int n = to_int(predicate.numel(), "predicate");
+    if (block <= 0 || block % 32 || n % block) throw ValueError("block: must be a multiple of 32 dividing the size of predicate");
+    if (live < 0 || live > n) throw ValueError(str("live: expected 0 .. ", n, ", got ", live));
+    expect_threads(out, 3 * int64_t(n), DType::I32);
+    launch("activemask_kernel", activemask_kernel, dim3(n / block), dim3(block), 0,
+           static_cast<cudaStream_t>(stream), reinterpret_cast<unsigned*>(out.ptr<int>()),
+           predicate.ptr<int>(), n, live);
+}
+
+#if defined(SCRATCH_HOST_EXECUTOR)
+void exec_test_activemask_loop(const Tensor& out, const Tensor& trips, int block) {
+    expect_input(trips, DType::I32);
+    const int n = to_int(trips.numel(), "trips");
+    if (block <= 0 || block % 32 || n % block) throw ValueError("block: must be a multiple of 32 dividing the size of trips");
+    expect_threads(out, n, DType::I32);
+    launch("activemask_loop_kernel", activemask_loop_kernel, dim3(n / block), dim3(block), 0, nullptr,
+           reinterpret_cast<unsigned*>(out.ptr<int>()), trips.ptr<int>());
+}
+
+void exec_test_neighbour(const Tensor& out, const Tensor& in, int block, int mode) {
+    expect_input(in, DType::F32);
+    expect_output(out, DType::F32);
+    expect_same_shape(out, in);
+    if (block <= 0 || block > 1024) throw ValueError(str("block: expected 1 .. 1024 threads, got ", block));
+    if (mode < 0 || mode > 2) throw ValueError(str("mode: expected 0, 1 or 2, got ", mode));
+    const int n = to_int(in.numel(), "in");
+    launch("neighbour_kernel", neighbour_kernel, dim3(ceil_div(n, block)), dim3(block), 0, nullptr,
+           out.ptr<float>(), in.ptr<float>(), n, mode);
+}
+
+void exec_test_uninitialised(const Tensor& out, const Tensor& ints, const Tensor& written, int block) {
+    expect_input(written, DType::I32);
+    const int blocks = to_int(written.numel(), "written");
+    if (block <= 0 || block > 256) throw ValueError(str("block: expected 1 .. 256 threads, got ", block));
+    expect_output(out, DType::F32);
+    expect_numel(out, int64_t(blocks) * 2 * block, "blocks * 2 * block");
+    expect_output(ints, DType::I32);
+    expect_numel(ints, int64_t(blocks) * block, "blocks * block");
+    launch("uninitialised_kernel", uninitialised_kernel, dim3(blocks), dim3(block),
+           size_t(block) * sizeof(float), nullptr, out.ptr<float>(), ints.ptr<int>(), written.ptr<int>());
+}
+#endif
 
 const char* const kExecMisuseCases[] = {"barrier_skipped", "barrier_divergent", "lane_exits",
                                         "lane_never_arrives", "lane_not_in_mask", "misaligned",
