@@ -15,6 +15,9 @@ GPT.backward(loss_weight=lambda, dhidden=...), so the transformer is trained end
 Texts in a batch are right-padded; padded positions carry target -1 (ignored).
 
 The reported baseline is a bag-of-words logistic regression trained on the same split.
+Before a model is built the fine-tuning step's memory is estimated and a run that does not fit
+is refused (memory.py); a bad TSV (a line without a label, one class only, not UTF-8) is an
+error naming the file and the line.
 """
 import argparse
 import json
@@ -26,10 +29,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from .checkpoint import list_checkpoints, load_model, read_state, save_checkpoint
-from .data import TEXT_SUFFIXES
+from . import memory
+from .checkpoint import list_checkpoints, load_model, model_config, read_state, save_checkpoint
+from .config import PRESETS
+from .cli import ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_int, probability
+from .data import TEXT_SUFFIXES, read_text
+from .errors import BadFileError, MissingFileError, UsageError
 from .optim import AdamW
-from .train import log, parse_args as parse_train_args, resolve_backend, train
+from .train import build_config, log, parse_args as parse_train_args, resolve_backend, train
+
+TSV = "text<TAB>label lines, UTF-8"
 
 HEAD = "head.safetensors"
 
@@ -50,28 +59,30 @@ def read_labelled(path):
                 texts += t
                 labels += lab
         if not texts:
-            raise ValueError(f"--data: no text<TAB>label files in {path}")
+            raise MissingFileError("no text<TAB>label files in this folder", f"--data {path}", TSV)
         return texts, labels
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--data: no file or folder at {path}")
+        raise MissingFileError("no such file or folder", f"--data {path}", TSV)
     texts, labels = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            text, tab, label = line.rpartition("\t")
-            if not tab or not text.strip() or not label.strip():
-                raise ValueError(f"--data: {path} line {n} is not text<TAB>label: {line[:60]!r}")
-            texts.append(text.strip())
-            labels.append(label.strip())
+    content = read_text(path).replace("\r\n", "\n").replace("\r", "\n")
+    for n, line in enumerate(content.split("\n"), 1):       # not splitlines(): \x85 is text here
+        if not line.strip():
+            continue
+        text, tab, label = line.rpartition("\t")
+        if not tab or not text.strip() or not label.strip():
+            raise BadFileError(f"line {n} is not text<TAB>label: {line[:60]!r}", path, TSV)
+        texts.append(text.strip())
+        labels.append(label.strip())
+    if not texts:
+        raise BadFileError("no labelled lines", path, TSV)
     return texts, labels
 
 
 def split_examples(n, test_fraction, seed):
     """Shuffled (train, test) index arrays."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"--test-fraction: expected a value in (0, 1), got {test_fraction}")
+        raise UsageError(f"{test_fraction} is outside (0, 1)", "--test-fraction",
+                         "a number between 0 and 1 (exclusive)")
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(n * test_fraction)))
     return order[n_test:], order[:n_test]
@@ -257,14 +268,32 @@ def pretrained_checkpoint(args, texts):
 
 
 # ------------------------------------------------------------------------------ fine-tuning
+def check_memory(args, backend):
+    """Refuse before pretraining or loading when fine-tuning cannot fit here (the pretraining
+    run checks its own memory in train())."""
+    cfg = model_config(args.ckpt) if args.ckpt else build_config(pretrain_args(args))
+    model = f"--ckpt {args.ckpt}" if args.ckpt else f"--preset {args.preset}"
+
+    def estimate(batch):
+        return memory.training_estimate(cfg, batch, backend, "float32")
+    memory.check(estimate(args.batch_size), f"{model} --batch-size {args.batch_size} on {backend}",
+                 make_estimate=estimate, batch_size=args.batch_size)
+
+
 def finetune(args):
     t_start = time.time()
     texts, raw_labels = read_labelled(args.data)
     classes = sorted(set(raw_labels))
     if len(classes) < 2:
-        raise ValueError(f"--data: needs at least two classes, found {classes}")
-    y = np.array([classes.index(lab) for lab in raw_labels])
+        raise BadFileError(f"only one class ({classes[0]!r}) in {len(texts)} examples",
+                           f"--data {args.data}", "at least two different labels")
     tr, te = split_examples(len(texts), args.test_fraction, args.seed)
+    if len(tr) < 1:
+        raise BadFileError(f"{len(texts)} examples leave none to train on", f"--data {args.data}",
+                           "more examples, or a smaller --test-fraction")
+    backend = resolve_backend(args.backend)
+    check_memory(args, backend)
+    y = np.array([classes.index(lab) for lab in raw_labels])
     log(args, f"data: {len(texts)} examples, {len(classes)} classes; {len(tr)} train / "
         f"{len(te)} held out")
     base = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te],
@@ -272,10 +301,11 @@ def finetune(args):
     log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
 
     ckpt = args.ckpt or pretrained_checkpoint(args, [texts[i] for i in tr])
-    backend = resolve_backend(args.backend)
     model, _, tok, ckpt = load_model(ckpt, backend=backend)
     if tok is None:
-        raise ValueError(f"--ckpt: {ckpt} holds no tokenizer")
+        raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {ckpt}",
+                         "a checkpoint written by scratchgpt train, or a Hugging Face folder "
+                         "with its tokenizer files")
     if args.dropout is not None:
         model.cfg = replace(model.cfg, dropout=args.dropout)
     seqs = encode_examples(tok, texts, model.cfg.block_size)
@@ -341,37 +371,40 @@ def add_arguments(p):
     p.add_argument("--data", required=True, help="text<TAB>label file, or a folder of them")
     p.add_argument("--ckpt", help="pretrained checkpoint or run folder (default: pretrain a "
                    "small model on the texts and the default corpus first)")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="lambda of the auxiliary "
+    p.add_argument("--lm-weight", type=nonneg_float, default=0.5, help="lambda of the auxiliary "
                    "language-modelling loss (default 0.5, as GPT-1)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 0.2%% of the steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout while fine-tuning")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=nonneg_float, default=2e-3)
+    p.add_argument("--warmup-steps", type=nonneg_int, default=None,
+                   help="default: 0.2%% of the steps")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.01)
+    p.add_argument("--dropout", type=probability, default=0.1, help="dropout while fine-tuning")
+    p.add_argument("--test-fraction", type=open_fraction, default=0.2, help="held-out share")
+    p.add_argument("--seed", type=nonneg_int, default=1337)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     p.add_argument("--out", default="runs/finetune")
     g = p.add_argument_group("pretraining (without --ckpt)")
-    g.add_argument("--preset", default="mini")
-    g.add_argument("--vocab-size", type=int, default=1024)
-    g.add_argument("--n-layer", type=int, default=3)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=96)
-    g.add_argument("--block-size", type=int, default=64, help="context (the texts are short)")
-    g.add_argument("--pretrain-steps", type=int, default=400)
-    g.add_argument("--pretrain-batch-size", type=int, default=16)
-    g.add_argument("--corpus-mb", type=float, default=1.0,
+    g.add_argument("--preset", default="mini", choices=sorted(PRESETS), metavar="PRESET",
+                   help="the preset whose other fields the sizes below override (default mini)")
+    g.add_argument("--vocab-size", type=positive_int, default=1024)
+    g.add_argument("--n-layer", type=positive_int, default=3)
+    g.add_argument("--n-head", type=positive_int, default=4)
+    g.add_argument("--n-embd", type=positive_int, default=96)
+    g.add_argument("--block-size", type=positive_int, default=64,
+                   help="context (the texts are short)")
+    g.add_argument("--pretrain-steps", type=positive_int, default=400)
+    g.add_argument("--pretrain-batch-size", type=positive_int, default=16)
+    g.add_argument("--corpus-mb", type=nonneg_float, default=1.0,
                    help="MB of the default corpus to pretrain on besides the texts")
-    g.add_argument("--text-repeats", type=int, default=4,
+    g.add_argument("--text-repeats", type=positive_int, default=4,
                    help="copies of the labelled texts in the pretraining data")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--json", action="store_true", help="last line: a JSON summary")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="scratchgpt finetune")
+    p = ArgumentParser(prog="scratchgpt finetune")
     add_arguments(p)
     return p.parse_args(argv)
 

@@ -6,6 +6,9 @@
 Generation keeps each layer's keys and values (a KV cache), so every new token runs one
 position through the model instead of the whole prefix. A prompt longer than the context
 keeps its last block_size tokens, with a warning.
+
+The memory of the model and its KV cache is estimated before the weights are read; a run that
+does not fit is refused with the estimate (memory.py).
 """
 import argparse
 import json
@@ -13,7 +16,10 @@ import warnings
 
 import numpy as np
 
-from .checkpoint import load_model
+from . import memory
+from .checkpoint import load_model, model_config
+from .cli import nonneg_float, nonneg_int, positive_int, top_p_type
+from .errors import UsageError
 from .train import resolve_backend
 
 
@@ -36,13 +42,38 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
     return [tokenizer.decode(row[len(ids):]) for row in out]
 
 
+def check_memory(cfg, args, backend, dtype="float32"):
+    """Refuse before loading when the weights, the KV cache and generation's temporaries do
+    not fit (the prompt is counted as one token per byte, an upper bound)."""
+    prompt = len(args.prompt.encode("utf-8"))
+
+    def estimate(n):
+        return memory.sampling_estimate(cfg, n, prompt, args.max_new_tokens, backend, dtype)
+    memory.check(estimate(args.num_samples), f"--ckpt {args.ckpt} --num-samples "
+                 f"{args.num_samples} on {backend}", make_estimate=estimate,
+                 batch_size=args.num_samples, batch_flag="--num-samples")
+
+
 def run(args):
-    model, _, tok, path = load_model(args.ckpt, backend=resolve_backend(args.backend))
-    if args.tokenizer:
-        from .tokenizer import load_tokenizer
-        tok = load_tokenizer(args.tokenizer)
+    from .tokenizer import load_tokenizer
+    backend = resolve_backend(args.backend)
+    check_memory(model_config(args.ckpt), args, backend)
+    extra_tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    model, _, tok, path = load_model(args.ckpt, backend=backend)
+    tok = extra_tok or tok
     if tok is None:
-        raise SystemExit(f"sample: {path} holds no tokenizer; pass --tokenizer PATH")
+        raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {path}",
+                         "--tokenizer PATH (e.g. GPT-2's folder with vocab.json + merges.txt)")
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise UsageError(f"the tokenizer has {tok.vocab_size} ids, more than the model's "
+                         f"vocabulary of {model.cfg.vocab_size}",
+                         f"--tokenizer {args.tokenizer}" if args.tokenizer else path,
+                         "the tokenizer the model was trained with")
+    try:
+        tok.encode(args.prompt)
+    except ValueError as e:               # the char tokenizer does not know a character
+        raise UsageError(f"the tokenizer cannot encode the prompt: {e}", "--prompt",
+                         "text made of the characters the model was trained on") from None
     model.eval()
     samples = generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature,
                             args.top_k, args.top_p, args.seed, args.num_samples)
@@ -62,12 +93,13 @@ def register(sub):
     p.add_argument("--ckpt", required=True, help="run folder (its newest checkpoint), checkpoint "
                    "folder, or Hugging Face GPT-2 / GPT-1 folder")
     p.add_argument("--prompt", default="", help="text to continue (default: a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=nonneg_int, default=200)
+    p.add_argument("--temperature", type=nonneg_float, default=0.8,
+                   help="0: greedy (default 0.8)")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=top_p_type, default=None)
+    p.add_argument("--seed", type=nonneg_int, default=None)
+    p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--tokenizer", help="tokenizer path when the checkpoint holds none "
                    "(e.g. GPT-2's folder with vocab.json + merges.txt)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
