@@ -233,11 +233,54 @@ def write_results(report, out_dir, section, e2e_rows, tag, device):
     return written
 
 
+def check_memory(args, do_cpu, do_gpu):
+    """Refuse before allocating when the end-to-end models do not fit (memory.py): on the CPU
+    the NumPy model and its PyTorch twin (counted as the same size) beside the ceilings'
+    buffers; on the GPU the GPT-2 124M step and its PyTorch twin."""
+    import importlib.util
+
+    from . import memory
+    from .errors import UsageError
+    cfg = GPTConfig.preset(args.preset)
+    for flag, value in (("--batch", args.batch), ("--seq", args.seq), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{value} is not positive", flag, "an integer >= 1")
+    if args.seq > cfg.block_size:
+        raise UsageError(f"{args.seq} exceeds the {args.preset} preset's block_size "
+                         f"{cfg.block_size}", "--seq", f"at most {cfg.block_size}")
+    twins = 2 if importlib.util.find_spec("torch") is not None else 1
+
+    def cpu_estimate(batch):
+        e = memory.training_estimate(cfg, batch, "numpy", "float32", seq=args.seq)
+        if twins > 1:
+            e.parts["PyTorch twin"] = e.total
+        e.parts["ceiling buffers"] = (2 * args.copy_mb + args.flush_mb) * memory.MiB + \
+            3 * 4 * args.gemm_n ** 2
+        e.task = "the CPU benchmark"
+        return e
+
+    if do_cpu and _wants(args.only, END_TO_END):
+        memory.check(cpu_estimate(args.batch), f"--preset {args.preset} --batch {args.batch} "
+                     f"--seq {args.seq}", make_estimate=cpu_estimate, batch_size=args.batch,
+                     batch_flag="--batch")
+    if do_gpu and _wants(args.only, END_TO_END):
+        from .kernels import backend_status
+        if backend_status("cuda")["available"]:
+            gpt2 = GPTConfig.preset("gpt2", vocab_size=GPT2_SHAPES["vocab_size"])
+            e = memory.training_estimate(gpt2, GPT2_SHAPES["B"], "cuda", "float32",
+                                         seq=GPT2_SHAPES["T"])
+            e.parts["PyTorch twin"] = e.total
+            e.task = "the GPU benchmark"
+            memory.check(e, f"GPT-2 124M, B={GPT2_SHAPES['B']} T={GPT2_SHAPES['T']}",
+                         batch_size=None)
+
+
 def run(args):
     from .benchmarks.report import CPU_E2E_ROWS, GPU_E2E_ROWS
     if args.seq is None:
         args.seq = GPTConfig.preset(args.preset).block_size
     do_cpu, do_gpu = (args.cpu, args.gpu) if (args.cpu or args.gpu) else (True, True)
+    check_memory(args, do_cpu, do_gpu)
     budget = Budget(args.budget_s)
 
     def log(msg):

@@ -236,14 +236,14 @@ def host_available():
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    found.append((int(line.split()[1]) * KiB, "says /proc/meminfo"))
+                    found.append((int(line.split()[1]) * KiB, "by MemAvailable in /proc/meminfo"))
                     break
     except OSError:
         pass
     if not found:
         try:
             found.append((os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
-                          "as free physical memory"))
+                          "by the free physical memory"))
         except (ValueError, OSError, AttributeError):
             return None, "unknown"
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
@@ -251,7 +251,7 @@ def host_available():
                           "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         lim, used = _read_int(limit), _read_int(usage)
         if lim is not None and used is not None and lim < 2 ** 60:
-            found.append((max(0, lim - used), "under the cgroup's memory limit"))
+            found.append((max(0, lim - used), "by the cgroup's memory limit"))
     return min(found)
 
 
@@ -272,7 +272,7 @@ def available(estimate):
     if estimate.backend != "cuda":
         return [("host RAM", host, source, estimate.total)]
     free, total = gpu_available()
-    gpu = ("GPU memory", free, f"free of the GPU's {fmt_bytes(total)} in all" if free is not None
+    gpu = ("GPU memory", free, f"by the GPU's free memory, of {fmt_bytes(total)} in all" if free is not None
            else total, estimate.total)
     return [gpu, ("host RAM", host, source, estimate.host_total)]
 
