@@ -9,6 +9,8 @@ Environment:
     SCRATCHGPT_NO_CUDA=1       skip the CUDA module even when nvcc is present
     SCRATCHGPT_ASAN=1          build _host with AddressSanitizer (CI)
     SCRATCHGPT_BUILD_DIR=path  CMake build directory (default: build/cmake), kept for incremental builds
+    SCRATCHGPT_BUILD_TARGETS=_cuda   build only these CMake targets (space-separated; the GPU
+                               check builds no host modules)
     SCRATCHGPT_CMAKE_ARGS=...  extra CMake arguments, e.g. "-DSCRATCHGPT_PTXAS_VERBOSE=ON" (registers,
                                spills) or "-DCMAKE_CUDA_ARCHITECTURES=90-real"
     CMAKE_BUILD_PARALLEL_LEVEL parallel compile jobs (default: the number of cores)
@@ -64,7 +66,9 @@ class CMakeBuild(build_ext):
             args += ["-G", "Ninja"]
         subprocess.run(args, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
-        subprocess.run([cmake, "--build", str(build_dir), "--parallel", jobs], check=True)
+        targets = os.environ.get("SCRATCHGPT_BUILD_TARGETS", "").split()
+        subprocess.run([cmake, "--build", str(build_dir), "--parallel", jobs,
+                        *(["--target", *targets] if targets else [])], check=True)
 
     @staticmethod
     def _forget_stale_cache(build_dir):

@@ -2,8 +2,7 @@
 `cuda`, on the GPU. A float32 sum is exact to compare: the kernel must equal NumPy's a + b."""
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from scratchgpt.reference import residual as ref
 

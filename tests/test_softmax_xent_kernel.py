@@ -3,8 +3,7 @@ and, marked `cuda`, on the GPU. Outputs are poisoned before each launch.
 """
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import f64, poisoned, rel_err, shifted
 from scratchgpt.reference import softmax_xent as ref
