@@ -168,9 +168,13 @@ cuda_tests() {
         echo "no GPU: the cuda tests run on the emulated device"
     fi
     export SCRATCH_SYNC_LAUNCH=1
+    # a test still running after half the step's time has every thread's stack dumped, so a hang
+    # names its test before the step's timeout ends it
+    local dump=$(( ${DC_TESTS_TIMEOUT:-240} / 2 ))
     # the files that hold cuda variants, named, so a missing optional package (hypothesis,
     # safetensors, torch) costs only the files that need it (importorskip), never the run
     python3 -m pytest -m cuda -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
+        -o faulthandler_timeout="$dump" \
         --junitxml="$OUT/pytest.xml" \
         tests/test_*_kernel.py tests/test_executor.py tests/test_model_kernels.py
     local rc=$?
@@ -223,3 +227,6 @@ run_step "cuda tests" "${DC_TESTS_TIMEOUT:-240}" cuda_tests
 run_step compute-sanitizer 220 sanitizer
 STEP_LIMIT="$(left)"; export STEP_LIMIT
 run_step benchmarks "$STEP_LIMIT" benchmarks
+for s in "${STEPS[@]}"; do
+    case "$s" in *"|failed|"*|*"|timed out"*) exit 1;; esac
+done
