@@ -151,7 +151,8 @@ def test_cli_cpu_json(tmp_path, capsys):
     assert "| layernorm | forward |" in "\n".join(out)
 
 
-def test_gpu_part_says_why_it_skips():
+def test_gpu_part_says_why_it_skips(monkeypatch):
+    monkeypatch.delenv("SCRATCHGPT_EMULATE_CUDA", raising=False)
     from scratchgpt.benchmarks.gpu import import_cupy
     cp, reason = import_cupy()
     if cp is not None:
@@ -163,64 +164,30 @@ def test_gpu_part_says_why_it_skips():
     assert section == {"skipped": reason} and reason
 
 
-class _FakeCupy:
-    """Just enough of CuPy, on NumPy, to walk the GPU part's control flow on this machine:
-    device arrays are NumPy arrays, random draws come from a seeded NumPy generator."""
-
-    float32, uint16, uint32 = np.float32, np.uint16, np.uint32
-
-    class random:
-        class RandomState:
-            def __init__(self, seed):
-                self.rng = np.random.default_rng(seed)
-
-            def standard_normal(self, size, dtype=np.float64):
-                return self.rng.standard_normal(size, dtype=np.float32).astype(dtype)
-
-            def randint(self, low, high, size, dtype=np.int64):
-                return self.rng.integers(low, high, size=size, dtype=dtype)
-
-    class cuda:
-        class Device:
-            id = 0
-
-            def synchronize(self):
-                pass
-
-    asnumpy = staticmethod(np.asarray)
-
-
-def test_gpu_part_control_flow_on_a_stand_in(monkeypatch, tmp_path, capsys):
-    """run_gpu end to end with CuPy, the device and the ceilings replaced by stand-ins and a
-    "cuda" backend made of the reference ops: the table, the JSON, the files and the figure."""
-    import scratchgpt.ops as ops
-    from scratchgpt.benchmarks import gpu
-    fake = _FakeCupy()
-    monkeypatch.setattr(gpu, "import_cupy", lambda: (fake, None))
-    monkeypatch.setattr(gpu, "device_info", lambda cp: {"device": "Stand-in GPU", "driver": "0.0",
-                                                         "cuda_runtime": "0.0"})
-    monkeypatch.setattr(gpu, "torch_for_gpu", lambda: (None, "no CUDA torch here"))
-    monkeypatch.setattr(gpu, "EventTimer", lambda cp, warmup, repeats: WallTimer(0, 2, 1 << 16))
-    monkeypatch.setattr(gpu, "gpu_ceilings", lambda cp, timer, torch=None: {
-        "copy_gbps": 10.0, "sgemm_tflops": 0.1, "bf16_gemm_tflops": 0.4})
-    real = ops.get_backend
-    monkeypatch.setattr(ops, "get_backend", lambda name: Backend(
-        "cuda", fake, dict(reference_backend().ops), fallbacks=["attention"]) if name == "cuda" else real(name))
-    # GPT-2 shapes through the reference would take minutes: shrink them for the walk-through
-    import scratchgpt.bench as bench
-    monkeypatch.setattr(bench, "GPT2_SHAPES", dict(B=2, T=16, vocab_size=64))
-    monkeypatch.setattr(kernels, "model_dims", lambda cfg, B, T: dict(B=B, T=T, C=32, H=2, V=64, P=1000))
-    rc = main(["bench", "--gpu", "--json", "--no-sweep", "--no-progress", "--only", "layernorm,attention",
-               "--out", str(tmp_path)])
+def test_gpu_part_runs_on_the_emulated_device(monkeypatch, tmp_path, capsys):
+    """run_gpu end to end on the emulated device (SCRATCHGPT_EMULATE_CUDA=1): the cuda backend's
+    own kernels through CuPy-strict arrays, the ceilings, the table, the training step, the JSON,
+    the files and the figure, on the small model (timings are the host executor's)."""
+    monkeypatch.setenv("SCRATCHGPT_EMULATE_CUDA", "1")
+    rc = main(["bench", "--gpu", "--json", "--no-progress", "--repeats", "2",
+               "--only", "layernorm,attention,end_to_end", "--out", str(tmp_path)])
     assert rc == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["device"] == "Stand-in GPU" and report["ceilings"]["bf16_gemm_tflops"] == 0.4
+    assert report["device"] == "scratchgpt emulated device (host executor)"
+    assert report["gpu"]["model"].startswith("small")
+    ceilings = report["ceilings"]
+    assert ceilings["copy_gbps"] > 0 and ceilings["sgemm_tflops"] > 0
+    assert ceilings["bf16_gemm_tflops"] is None and ceilings["bf16_gemm_reason"]   # no cuBLAS here
     by_name = {(r["name"], r["pass"]): r for r in report["kernels"]}
-    assert by_name[("layernorm", "forward")]["ms"] > 0 and by_name[("layernorm", "forward")]["check_rel_err"] < 1e-5
-    assert "falls back" in by_name[("attention", "backward")]["skip"]
+    assert set(by_name) == {("layernorm", "forward"), ("layernorm", "backward"),
+                            ("attention", "forward"), ("attention", "backward")}
+    for r in by_name.values():
+        assert r["skip"] is None and r["ms"] > 0 and r["check_rel_err"] < 1e-5, r
+        assert r["device"] == "cuda"
+    e2e = report["end_to_end"]
+    assert e2e["cuda_fallbacks"] == [] and e2e["cuda_ms_per_step"] > 0, e2e
     assert sorted(p.rsplit(".", 1)[-1] for p in report["files"]) == ["json", "md", "png"]
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in report["files"])
-    assert all(r["device"] == "cuda" for r in report["kernels"])
 
 
 def test_table_runs_the_compiled_kernels_on_the_host_executor():

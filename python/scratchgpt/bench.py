@@ -30,6 +30,22 @@ from .config import PRESETS, GPTConfig
 END_TO_END = "end_to_end"
 PARTIAL = "kernels_partial.json"     # the GPU kernel table, written before the end-to-end part
 GPT2_SHAPES = dict(B=8, T=1024, vocab_size=50304)     # GPT-2 124M, vocabulary padded to 64
+# --small (and the emulated device, where GPT-2 shapes would take hours): the same code on a
+# 2-layer model, so that every step of the GPU part runs; its timings are not the GPU's numbers
+SMALL_SHAPES = dict(B=2, T=64, vocab_size=512, n_layer=2, n_head=4, n_embd=128)
+
+
+def gpu_shapes(args):
+    """(config, B, T, label) of the GPU part: GPT-2 124M, or the small model with --small or on
+    the emulated device."""
+    from .kernels import emulating_cuda
+    if getattr(args, "small", False) or emulating_cuda():
+        s = SMALL_SHAPES
+        cfg = GPTConfig(vocab_size=s["vocab_size"], block_size=s["T"], n_layer=s["n_layer"],
+                        n_head=s["n_head"], n_embd=s["n_embd"])
+        return cfg, s["B"], s["T"], f"small ({s['n_layer']} layers, {s['n_embd']} wide)"
+    cfg = GPTConfig.preset("gpt2", vocab_size=GPT2_SHAPES["vocab_size"])
+    return cfg, GPT2_SHAPES["B"], GPT2_SHAPES["T"], "GPT-2 124M"
 
 
 def _wants(only, name):
@@ -102,16 +118,19 @@ def run_gpu(args, budget, log):
     section["torch"] = torch.__version__ if torch else None
     section["torch_reason"] = torch_reason
     timer = gpu.EventTimer(cp, warmup=3, repeats=args.repeats or 20)
+    cfg, B, T, label = gpu_shapes(args)
+    small = label != "GPT-2 124M"
+    section["model"] = label
     log(f"GPU: {section['device']}: measuring ceilings (copy, SGEMM, bf16 GEMM)")
-    section["ceilings"] = gpu.gpu_ceilings(cp, timer, torch=torch)
+    section["ceilings"] = gpu.gpu_ceilings(cp, timer, torch=torch,
+                                           **(dict(copy_bytes=16 << 20, gemm_n=256) if small else {}))
 
-    cfg = GPTConfig.preset("gpt2", vocab_size=GPT2_SHAPES["vocab_size"])
     names = _kernel_only(args.only)
     section["kernels"] = []
     if names != []:
-        cases = kernels.model_cases(**kernels.model_dims(cfg, GPT2_SHAPES["B"], GPT2_SHAPES["T"]))
-        if not args.no_sweep:
-            cases += kernels.sweep_cases(B=GPT2_SHAPES["B"], T=GPT2_SHAPES["T"])
+        cases = kernels.model_cases(**kernels.model_dims(cfg, B, T))
+        if not args.no_sweep and not small:
+            cases += kernels.sweep_cases(B=B, T=T)
         cases = kernels.select(cases, names)
         why = None
         try:
@@ -143,7 +162,7 @@ def run_gpu(args, budget, log):
         log("GPU: end to end, GPT-2 124M training step")
         try:
             section[END_TO_END] = gpu.gpu_end_to_end(
-                cp, cfg, GPT2_SHAPES["B"], GPT2_SHAPES["T"], section["ceilings"], torch,
+                cp, cfg, B, T, section["ceilings"], torch,
                 compile=not args.no_compile, budget=budget)
         except Exception as e:          # keep the kernel table whatever happens here
             section[END_TO_END] = {"reason": f"{type(e).__name__}: {e}"}
@@ -266,13 +285,11 @@ def check_memory(args, do_cpu, do_gpu):
     if do_gpu and _wants(args.only, END_TO_END):
         from .kernels import backend_status
         if backend_status("cuda")["available"]:
-            gpt2 = GPTConfig.preset("gpt2", vocab_size=GPT2_SHAPES["vocab_size"])
-            e = memory.training_estimate(gpt2, GPT2_SHAPES["B"], "cuda", "float32",
-                                         seq=GPT2_SHAPES["T"])
+            cfg, B, T, label = gpu_shapes(args)
+            e = memory.training_estimate(cfg, B, "cuda", "float32", seq=T)
             e.parts["PyTorch twin"] = e.total
             e.task = "the GPU benchmark"
-            memory.check(e, f"GPT-2 124M, B={GPT2_SHAPES['B']} T={GPT2_SHAPES['T']}",
-                         batch_size=None)
+            memory.check(e, f"{label}, B={B} T={T}", batch_size=None)
 
 
 def run(args):
@@ -335,6 +352,9 @@ def register(sub):
     p.add_argument("--check-rows", type=int, default=1024,
                    help="GPU reference checks run at most this many rows (default 1024)")
     p.add_argument("--no-sweep", action="store_true", help="GPU: GPT-2 shapes only")
+    p.add_argument("--small", action="store_true",
+                   help="GPU: a 2-layer model instead of GPT-2 124M, to check the code path "
+                        "(always so on the emulated device, SCRATCHGPT_EMULATE_CUDA=1)")
     p.add_argument("--no-compile", action="store_true", help="GPU: skip torch.compile")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new work after this many seconds")

@@ -23,10 +23,12 @@ CUBLAS_OP_N = 0
 
 
 def import_cupy():
-    """(cupy, None) when CuPy imports and sees a GPU, else (None, why not)."""
+    """(cupy, None) when CuPy imports and sees a GPU, else (None, why not). Under
+    SCRATCHGPT_EMULATE_CUDA=1 the emulated device's array module stands in for CuPy."""
     os.environ["CUPY_TF32"] = "0"        # read when CuPy loads: no TF32 in fp32 matmuls
     try:
-        import cupy
+        from ..kernels import device_array_module
+        cupy = device_array_module()
     except Exception as e:
         return None, f"CuPy does not import: {e}"
     try:
@@ -228,7 +230,7 @@ def gpu_end_to_end(cp, cfg, batch, seq, ceilings, torch=None, steps=5, warmup=2,
 
     tokens = batch * seq
     flops_per_token = cfg.flops_per_token()
-    out = {"preset": "gpt2", "vocab_size": cfg.vocab_size, "batch": batch, "seq": seq,
+    out = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size, "batch": batch, "seq": seq,
            "dtype": "float32", "flops_per_token": flops_per_token}
 
     def rates(prefix, ms):

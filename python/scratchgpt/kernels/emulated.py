@@ -562,11 +562,12 @@ def _argument(x):
 
 
 def _elementwise(fn):
-    def apply(*args, **kwargs):
-        if "out" in kwargs and kwargs["out"] is not None:
-            kwargs["out"] = _device_only(kwargs["out"], "out")
-        return _wrap(fn(*[_argument(a) for a in args],
-                        **{k: _argument(v) for k, v in kwargs.items()}))
+    def apply(*args, out=None, **kwargs):
+        kwargs = {k: _argument(v) for k, v in kwargs.items()}
+        if out is not None:
+            fn(*[_argument(a) for a in args], out=_device_only(out, "out"), **kwargs)
+            return out
+        return _wrap(fn(*[_argument(a) for a in args], **kwargs))
     apply.__name__ = fn.__name__
     return apply
 
