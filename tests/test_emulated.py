@@ -228,3 +228,18 @@ def test_train_sample_finetune_on_the_emulated_device_match_host(tmp_path):
         assert abs(tc[key] - th[key]) <= 1e-6 * abs(th[key]), key
     assert sc == sh
     assert fc["accuracy"] == fh["accuracy"] and fc["n_test"] == fh["n_test"]
+
+
+def test_sanitizer_step_runs_on_the_emulated_device():
+    """benchmarks/sanitizer_step.py, what compute-sanitizer watches on a GPU: both attention
+    versions, dropout, AdamW and generation on the cuda backend, here on the emulated device."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "sanitizer_step.py")],
+                       env=dict(os.environ, SCRATCHGPT_EMULATE_CUDA="1", SCRATCH_SYNC_LAUNCH="1"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    flash, materialized = (l for l in lines if l.startswith(("flash:", "materialized:")))
+    # the two attention versions compute the same step
+    assert flash.split(":", 1)[1] == materialized.split(":", 1)[1]
+    assert lines[-1] == "sanitizer step done"
