@@ -7,7 +7,8 @@
 //
 // Version (b), fused and tiled (FlashAttention-2 style; the default):
 //   Tiles of 32 queries and 32 keys (a tile index equals a lane index). A block of 4 warps owns
-//   one (batch, head) and one tile: each warp owns 8 rows of it; when lanes walk the other tile,
+//   one (batch, head) and one tile (grid (B*H, tiles); more than 65535 tiles take several
+//   launches, see launch_tile_ranges): each warp owns 8 rows of it; when lanes walk the other tile,
 //   lane j owns row j of it, and when they walk the head dimension, lane i owns columns
 //   i, i+32, ... (ND = ceil(D/32) registers per row). Scores are dot products of a row
 //   broadcast from shared memory (float4) with the lane's own row (odd row stride: no bank
@@ -45,6 +46,7 @@
 // and values once (a lane reads its key row through L1, float4 when D % 4 == 0; value rows are
 // read by the warp across columns, coalesced), q once, y written once: bandwidth-bound, as
 // decoding is.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -89,13 +91,16 @@ __device__ __forceinline__ bool visible(int t, int key, int w, int T) {
     return t < T && key <= t && key > t - w;
 }
 
+
 // Shapes every flash kernel shares.
 struct Shape {
     int B, T, H, D, w;   // w: window width (T when causal)
     float scale;
+    int tile0;           // the flash kernels' first tile along T in this launch (launch_tile_ranges)
     bool vec4;           // D % 4 == 0 and the arrays 16-byte aligned: float4 global loads
     __host__ __device__ int C() const { return H * D; }
 };
+
 
 // Copy rows row0 .. row0+31 of one head's third of qkv (or of a [B, T, C] array: row_stride C)
 // into shared memory with the given column stride; rows past T and columns D .. stride-1 are
@@ -164,7 +169,7 @@ __device__ __forceinline__ void accumulate(float (&acc)[kRows][ND], const float*
 }
 
 // ------------------------------------------------------------------------------ flash forward
-// grid (B*H, query tiles), heaviest (last) query tiles first; block kFlashThreads.
+// grid (B*H, query tiles s.tile0 ..), heaviest (last) query tiles first; block kFlashThreads.
 template <int ND>
 __global__ void __launch_bounds__(kFlashThreads, flash_min_blocks(ND))
 flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float* __restrict__ qkv,
@@ -176,7 +181,7 @@ flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float
     float* v_sh = k_sh + kTile * Ds;          // [32][Ds]
     float* p_sh = v_sh + kTile * Ds;          // [kWarps][32][kRows]
     const int bh = blockIdx.x, b = bh / s.H, h = bh % s.H;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * kTile;
+    const int q0 = (s.tile0 + gridDim.y - 1 - blockIdx.y) * kTile;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * kRows;
     const size_t row_stride = size_t(3) * C;
     const float* base = qkv + size_t(b) * T * row_stride + size_t(h) * D;
@@ -249,7 +254,8 @@ flash_backward_rowdot_kernel(float* __restrict__ di, const float* __restrict__ d
     if (lane == 0) di[(size_t(b) * s.H + h) * s.T + t] = sum;
 }
 
-// dK, dV of one key tile: grid (B*H, key tiles); warps own 8 keys, lanes the tile's queries.
+// dK, dV of one key tile: grid (B*H, key tiles s.tile0 ..); warps own 8 keys, lanes the tile's
+// queries.
 template <int ND>
 __global__ void __launch_bounds__(kFlashThreads, kDkdvMinBlocks)
 flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
@@ -265,7 +271,7 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
     float* lse_sh = w_sh + kWarps * 2 * kTile * kRows;   // [32]
     float* di_sh = lse_sh + kTile;                       // [32]
     const int bh = blockIdx.x, b = bh / s.H, h = bh % s.H;
-    const int k0 = blockIdx.y * kTile;
+    const int k0 = (s.tile0 + blockIdx.y) * kTile;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * kRows;
     const size_t row_stride = size_t(3) * C;
     const float* base = qkv + size_t(b) * T * row_stride + size_t(h) * D;
@@ -325,7 +331,8 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
     }
 }
 
-// dQ of one query tile: grid (B*H, query tiles); warps own 8 queries, lanes the tile's keys.
+// dQ of one query tile: grid (B*H, query tiles s.tile0 ..), heaviest first; warps own 8
+// queries, lanes the tile's keys.
 template <int ND>
 __global__ void __launch_bounds__(kFlashThreads, flash_min_blocks(ND))
 flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
@@ -339,7 +346,7 @@ flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
     float* v_sh = k_sh + kTile * Ds;           // [32][Ds]
     float* ds_sh = v_sh + kTile * Ds;          // [kWarps][32][kRows]
     const int bh = blockIdx.x, b = bh / s.H, h = bh % s.H;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * kTile;
+    const int q0 = (s.tile0 + gridDim.y - 1 - blockIdx.y) * kTile;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * kRows;
     const size_t row_stride = size_t(3) * C;
     const float* base = qkv + size_t(b) * T * row_stride + size_t(h) * D;
@@ -614,6 +621,7 @@ Shape check_qkv(const Tensor& qkv, int n_head, int window) {
     if (int64_t(s.B) * s.H > 2147483647) throw ValueError(str(qkv.name, ": B * n_head too large"));
     s.w = (window == 0 || window > s.T) ? s.T : window;
     s.scale = 1.0f / std::sqrt(float(s.D));
+    s.tile0 = 0;
     s.vec4 = s.D % 4 == 0 && is_aligned(qkv.data, 16);
     return s;
 }
@@ -640,6 +648,24 @@ size_t flash_dq_smem(int D) {
     return sizeof(float) * (2 * kTile * bcast_stride(D) + 2 * kTile * lane_stride(D) + kWarps * kTile * kRows);
 }
 
+// The flash kernels: a block per (batch, head) on grid.x and per tile along T on grid.y, whose
+// limit (65535 tiles: T = 2,097,120) longer sequences pass by several launches over ranges of
+// tiles, each starting at s.tile0 (a kernel parameter: it costs the kernels, at their register
+// budget, no register, where a tile index spread over grid.y and grid.z or a division did).
+// `heaviest_first`: the forward and dQ passes launch the last (longest) tiles first, as their
+// blocks within a launch also run. launch_one(shape, grid) launches one range.
+constexpr int kMaxTilesPerLaunch = 65535;
+
+template <typename F>
+void launch_tile_ranges(Shape s, bool heaviest_first, F&& launch_one) {
+    const int tiles = ceil_div(s.T, kTile);
+    for (int done = 0; done < tiles; done += kMaxTilesPerLaunch) {
+        const int count = std::min(kMaxTilesPerLaunch, tiles - done);
+        s.tile0 = heaviest_first ? tiles - done - count : done;
+        launch_one(s, dim3(unsigned(s.B * s.H), unsigned(count)));
+    }
+}
+
 Operand operand(const float* p, int64_t sb, int64_t sh, int64_t sr, int64_t sc) {
     return Operand{const_cast<float*>(p), sb, sh, sr, sc};
 }
@@ -662,11 +688,12 @@ void attention_forward(const Tensor& y, const Tensor& lse, const Tensor& qkv, in
     expect_shape(lse, {s.B, s.H, s.T});
     expect_same_device({&qkv, &y, &lse});
     expect_disjoint_outputs({&y, &lse}, {&qkv, &y, &lse});
-    const dim3 grid(s.B * s.H, ceil_div(s.T, kTile));
     with_nd(s.D, [&](auto nd) {
-        launch("flash_forward_kernel", flash_forward_kernel<decltype(nd)::value>, grid, dim3(kFlashThreads),
-               flash_forward_smem(s.D), static_cast<cudaStream_t>(stream), y.ptr<float>(),
-               lse.ptr<float>(), qkv.ptr<float>(), s);
+        launch_tile_ranges(s, true, [&](const Shape& r, dim3 grid) {
+            launch("flash_forward_kernel", flash_forward_kernel<decltype(nd)::value>, grid,
+                   dim3(kFlashThreads), flash_forward_smem(s.D), static_cast<cudaStream_t>(stream),
+                   y.ptr<float>(), lse.ptr<float>(), qkv.ptr<float>(), r);
+        });
     });
 }
 
@@ -690,15 +717,18 @@ void attention_backward(const Tensor& dqkv, const Tensor& di, const Tensor& dy, 
     const int rows = s.B * s.T * s.H;
     launch("flash_backward_rowdot_kernel", flash_backward_rowdot_kernel, dim3(ceil_div(rows, 8)), dim3(256),
            0, st, di.ptr<float>(), dy.ptr<float>(), y.ptr<float>(), s);
-    const dim3 grid(s.B * s.H, ceil_div(s.T, kTile));
     with_nd(s.D, [&](auto nd) {
         constexpr int ND = decltype(nd)::value;
-        launch("flash_backward_dkdv_kernel", flash_backward_dkdv_kernel<ND>, grid, dim3(kFlashThreads),
-               flash_dkdv_smem(s.D), st, dqkv.ptr<float>(), dy.ptr<float>(), qkv.ptr<float>(),
-               lse.ptr<float>(), di.ptr<float>(), s);
-        launch("flash_backward_dq_kernel", flash_backward_dq_kernel<ND>, grid, dim3(kFlashThreads),
-               flash_dq_smem(s.D), st, dqkv.ptr<float>(), dy.ptr<float>(), qkv.ptr<float>(),
-               lse.ptr<float>(), di.ptr<float>(), s);
+        launch_tile_ranges(s, false, [&](const Shape& r, dim3 grid) {
+            launch("flash_backward_dkdv_kernel", flash_backward_dkdv_kernel<ND>, grid, dim3(kFlashThreads),
+                   flash_dkdv_smem(s.D), st, dqkv.ptr<float>(), dy.ptr<float>(), qkv.ptr<float>(),
+                   lse.ptr<float>(), di.ptr<float>(), r);
+        });
+        launch_tile_ranges(s, true, [&](const Shape& r, dim3 grid) {
+            launch("flash_backward_dq_kernel", flash_backward_dq_kernel<ND>, grid, dim3(kFlashThreads),
+                   flash_dq_smem(s.D), st, dqkv.ptr<float>(), dy.ptr<float>(), qkv.ptr<float>(),
+                   lse.ptr<float>(), di.ptr<float>(), r);
+        });
     });
 }
 

@@ -13,7 +13,9 @@
 //
 // Backward, three kernels, no floating-point atomics (bit-identical results run to run):
 //   1. dwpe: a thread owns 4 (or 1) columns of one position t and sums dout[b, t, cols] over b
-//      in order; rows t >= T are written as zeros. Reads B*T*C floats once, coalesced.
+//      in order; rows t >= T are written as zeros. A block owns 256 column groups of one
+//      position (blockIdx.x = column block * positions + t: one grid dimension, so neither the
+//      positions nor C meet grid.y's 65535). Reads B*T*C floats once, coalesced.
 //   2. bucket sort of the positions by token id, one block of 1024 threads: a histogram of ids
 //      (integer atomics, exact), an exclusive scan into bucket starts, then a stable scatter:
 //      positions are taken 1024 at a time in order, each thread ranks its position among equal
@@ -66,15 +68,17 @@ embedding_forward_kernel(float* __restrict__ out, int* __restrict__ status, cons
                      threadIdx.x, C);
 }
 
-// Thread g = blockIdx.y * 256 + threadIdx.x owns columns [kWidth * g, kWidth * g + kWidth) of
-// position t = blockIdx.x.
+// Block blockIdx.x = column block * Tmax + t; thread g = column block * 256 + threadIdx.x owns
+// columns [kWidth * g, kWidth * g + kWidth) of position t.
 template <int kWidth>
 __global__ void __launch_bounds__(kColumnThreads)
 embedding_backward_dwpe_kernel(float* __restrict__ dwpe, const float* __restrict__ dout, int B,
-                               int T, int C) {
-    const int col = kWidth * (blockIdx.y * kColumnThreads + threadIdx.x);
-    const int t = blockIdx.x;
-    if (col >= C) return;
+                               int T, int Tmax, int C) {
+    const int column_block = int(blockIdx.x) / Tmax;
+    const int t = int(blockIdx.x) - column_block * Tmax;
+    const int64_t col64 = int64_t(kWidth) * (int64_t(column_block) * kColumnThreads + threadIdx.x);
+    if (col64 >= C) return;
+    const int col = int(col64);
     float* dst = dwpe + size_t(t) * C + col;
     if (kWidth == 4) {
         float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -317,14 +321,18 @@ void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& wo
     int* order = cursor + V;
     int* status_word = order + N;
     if (Tmax > 0) {
-        if (vectorisable(C, {&dout, &dwpe}))
+        const bool vec = vectorisable(C, {&dout, &dwpe});
+        const int64_t blocks = int64_t(Tmax) * ceil_div(vec ? C / 4 : C, kColumnThreads);
+        if (blocks > 2147483647)
+            throw ValueError(str(dwpe.name, ": ", Tmax, " positions x ", C, " columns exceed 2^31 - 1 blocks"));
+        if (vec)
             launch("embedding_backward_dwpe_kernel<vec4>", embedding_backward_dwpe_kernel<4>,
-                   dim3(Tmax, ceil_div(C / 4, kColumnThreads)), dim3(kColumnThreads), 0, s,
-                   dwpe.ptr<float>(), dout.ptr<float>(), B, T, C);
+                   dim3(unsigned(blocks)), dim3(kColumnThreads), 0, s,
+                   dwpe.ptr<float>(), dout.ptr<float>(), B, T, Tmax, C);
         else
             launch("embedding_backward_dwpe_kernel<scalar>", embedding_backward_dwpe_kernel<1>,
-                   dim3(Tmax, ceil_div(C, kColumnThreads)), dim3(kColumnThreads), 0, s,
-                   dwpe.ptr<float>(), dout.ptr<float>(), B, T, C);
+                   dim3(unsigned(blocks)), dim3(kColumnThreads), 0, s,
+                   dwpe.ptr<float>(), dout.ptr<float>(), B, T, Tmax, C);
     }
     if (V == 0) return;
     status::clear(status_word, s);

@@ -12,9 +12,11 @@
 // Backward, three kernels:
 //   1. dx, one warp per row: g = dout * w, xhat = (x - mean) * rstd,
 //      dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   (two warp reductions per row)
-//   2. dweight / dbias partial sums: a block owns 32 columns and a chunk of kRowsPerChunk rows;
-//      its 32x8 threads walk the rows (coalesced across columns), meet in shared memory and write
-//      one partial per column per chunk to the workspace [chunks, 2, C];
+//   2. dweight / dbias partial sums: a block owns 32 columns and a chunk of kRowsPerChunk rows
+//      (blockIdx.x = chunk * column blocks + column block: chunks on grid.x, not capped at
+//      grid.y's 65535 = 8.4 M rows); its 32x8 threads walk the rows (coalesced across columns),
+//      meet in shared memory and write one partial per column per chunk to the workspace
+//      [chunks, 2, C];
 //   3. the partials are summed per column in chunk order.
 // No atomics: every sum has a fixed order, so results are deterministic run to run.
 #include "core/kernel.h"
@@ -133,7 +135,8 @@ layernorm_backward_dx_kernel(float* __restrict__ dx, const float* __restrict__ d
     }
 }
 
-// Block (32, 8): column blockIdx.x * 32 + threadIdx.x, rows of chunk blockIdx.y strided by 8.
+// Block (32, 8), blockIdx.x = chunk * column blocks + column block: column
+// column block * 32 + threadIdx.x, rows of the chunk strided by 8.
 // workspace[chunk][0][c] = sum of dout * xhat, workspace[chunk][1][c] = sum of dout.
 __global__ void __launch_bounds__(256)
 layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
@@ -143,9 +146,11 @@ layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
                                           const float* __restrict__ rstd_in, int N, int C) {
     SCRATCH_SHARED(float, dweight_part, [8][33]);   // +1 column: no bank conflicts on the transpose read
     SCRATCH_SHARED(float, dbias_part, [8][33]);
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const int row_begin = blockIdx.y * kRowsPerChunk;
-    const int row_end = min(N, row_begin + kRowsPerChunk);
+    const int column_blocks = (C + 31) / 32;
+    const int chunk = int(blockIdx.x) / column_blocks;
+    const int c = (int(blockIdx.x) - chunk * column_blocks) * 32 + threadIdx.x;
+    const int row_begin = chunk * kRowsPerChunk;   // < N
+    const int row_end = N - row_begin < kRowsPerChunk ? N : row_begin + kRowsPerChunk;
     float acc_w = 0.0f, acc_b = 0.0f;
     if (c < C) {
         for (int r = row_begin + threadIdx.y; r < row_end; r += 8) {
@@ -164,7 +169,7 @@ layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
             w += dweight_part[k][threadIdx.x];
             b += dbias_part[k][threadIdx.x];
         }
-        float* part = workspace + size_t(blockIdx.y) * 2 * C;
+        float* part = workspace + size_t(chunk) * 2 * C;
         part[c] = w;
         part[C + c] = b;
     }
@@ -271,9 +276,12 @@ void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& d
                weight.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
 
     const int chunks = ceil_div(N, kRowsPerChunk);   // 0 rows: the finalize writes zeros
+    const int64_t partial_blocks = int64_t(chunks) * ceil_div(C, 32);
+    if (partial_blocks > 2147483647)
+        throw ValueError(str(x.name, ": ", N, " rows x ", C, " columns need more than 2^31 - 1 blocks"));
     if (chunks > 0)
         launch("layernorm_backward_dparams_partial_kernel", layernorm_backward_dparams_partial_kernel,
-               dim3(ceil_div(C, 32), chunks), dim3(32, 8), 0, s, workspace.ptr<float>(),
+               dim3(unsigned(partial_blocks)), dim3(32, 8), 0, s, workspace.ptr<float>(),
                dout.ptr<float>(), x.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
     launch("layernorm_backward_dparams_finalize_kernel", layernorm_backward_dparams_finalize_kernel,
            dim3(ceil_div(C, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s, dweight.ptr<float>(),

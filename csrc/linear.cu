@@ -13,8 +13,10 @@
 //   dW       A = dy (A(m,k) = dy[k*OUT + m], m-contiguous)  B = x (B(k,n) = x[k*IN + n],   n-contiguous)
 //
 // Version 2 (the default) — tiled SGEMM, register-blocked:
-//   block   a BM x BN tile of C (128 x 128, or 64 x 64 when 128-tiles would leave SMs idle);
-//           it walks K in steps of BK, staging a BK x BM slice of A and a BK x BN slice of B in
+//   block   a BM x BN tile of C (128 x 128, or 64 x 64 when 128-tiles would leave SMs idle):
+//           blockIdx.x = tile row * tile columns + tile column (row tiles on grid.x, whose
+//           2^31 - 1 no matrix reaches; on grid.y they would cap M at 65535 tiles, 8.4 M rows),
+//           blockIdx.z the split-K slice. It walks K in steps of BK, staging a BK x BM slice of A and a BK x BN slice of B in
 //           shared memory, k-major ([k][m], [k][n]) whatever the global layout, so the inner loop
 //           reads both with float4 loads. Two shared buffers: the next slice is fetched from
 //           global memory into registers while the current one is multiplied, then written to the
@@ -41,11 +43,13 @@
 // adds in split order (deterministic) with the bias.
 //
 // Version 1 — the baseline, kept for study: one thread per output element, a dot product over
-// K straight from global memory (block 32 x 8, threadIdx.x along n for coalesced B and C).
+// K straight from global memory (block 32 x 8, threadIdx.x along n for coalesced B and C; the
+// blocks of a 32-column x 8-row tiling in one grid.x, row tile * column tiles + column tile).
 // Every A and B element is re-read by each of the N (M) threads that need it, through L1/L2,
 // with one load per FMA: memory/latency-bound where version 2 is compute-bound.
 //
-// db: a block owns 32 columns and a chunk of kRowsPerChunk rows of dy; its 32 x 8 threads walk
+// db: a block owns 32 columns and a chunk of kRowsPerChunk rows of dy (blockIdx.x = chunk *
+// column blocks + column block); its 32 x 8 threads walk
 // the rows (coalesced across columns), meet in shared memory and write one partial per column
 // per chunk; a second kernel sums the partials in chunk order. No atomics: bit-identical runs.
 // (db costs one extra read of dy; folding it into the dW GEMM would save it but put a branch
@@ -75,8 +79,10 @@ template <bool kAKMajor, bool kBKMajor>
 __global__ void __launch_bounds__(kNaiveBlockX * kNaiveBlockY)
 matmul_naive_kernel(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
                     const float* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc) {
-    const int n = blockIdx.x * kNaiveBlockX + threadIdx.x;
-    const int m = blockIdx.y * kNaiveBlockY + threadIdx.y;
+    const int tiles_n = (N + kNaiveBlockX - 1) / kNaiveBlockX;
+    const int tile_m = int(blockIdx.x) / tiles_n, tile_n = int(blockIdx.x) - tile_m * tiles_n;
+    const int n = tile_n * kNaiveBlockX + threadIdx.x;
+    const int m = tile_m * kNaiveBlockY + threadIdx.y;
     if (m >= M || n >= N) return;
     float acc = 0.0f;
     for (int k = 0; k < K; ++k) {
@@ -179,7 +185,9 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
 
     const int tid = threadIdx.x;
     const int tx = tid % T::kThreadCols, ty = tid / T::kThreadCols;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int tiles_n = (N + BN - 1) / BN;
+    const int tile_m = int(blockIdx.x) / tiles_n;
+    const int m0 = tile_m * BM, n0 = (int(blockIdx.x) - tile_m * tiles_n) * BN;
     // split-K: block z sums k in [z * k_per_split, +k_per_split) into its own slice of C
     // (a multiple of BK: float4 alignment survives the offset)
     const int k_begin = blockIdx.z * k_per_split;
@@ -267,15 +275,19 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
 constexpr int kRowsPerChunk = 256;
 constexpr int kFinalizeThreads = 256;
 
-// Block (32, 8): column blockIdx.x * 32 + threadIdx.x, rows of chunk blockIdx.y strided by 8.
+// Block (32, 8), blockIdx.x = chunk * column blocks + column block: column
+// column block * 32 + threadIdx.x, rows of the chunk strided by 8.
 __global__ void __launch_bounds__(256)
 column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ dy, int M, int N) {
     SCRATCH_SHARED(float, part, [8][33]);   // +1: the transposed read below is conflict-free
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const int row_end = min(M, int(blockIdx.y + 1) * kRowsPerChunk);
+    const int column_blocks = (N + 31) / 32;
+    const int chunk = int(blockIdx.x) / column_blocks;
+    const int c = (int(blockIdx.x) - chunk * column_blocks) * 32 + threadIdx.x;
+    const int row_begin = chunk * kRowsPerChunk;   // < M
+    const int row_end = M - row_begin < kRowsPerChunk ? M : row_begin + kRowsPerChunk;
     float acc = 0.0f;
     if (c < N)
-        for (int r = blockIdx.y * kRowsPerChunk + threadIdx.y; r < row_end; r += 8)
+        for (int r = row_begin + threadIdx.y; r < row_end; r += 8)
             acc += dy[size_t(r) * N + c];
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -283,7 +295,7 @@ column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__
         float s = 0.0f;
         SCRATCH_UNROLL
         for (int k = 0; k < 8; ++k) s += part[k][threadIdx.x];
-        partial[size_t(blockIdx.y) * N + c] = s;
+        partial[size_t(chunk) * N + c] = s;
     }
 }
 
@@ -328,6 +340,14 @@ bool float4_ok(const float* p, int extent, int ld) {
     return extent % 4 == 0 && ld % 4 == 0 && is_aligned(p, 16);
 }
 
+// rows x columns blocks, flattened onto grid.x (the kernels split blockIdx.x back).
+dim3 flat_grid(int64_t rows, int64_t columns, unsigned z = 1) {
+    const int64_t blocks = rows * columns;
+    if (blocks > 2147483647)
+        throw ValueError(str("linear: ", rows, " x ", columns, " blocks exceed the grid's 2^31 - 1"));
+    return dim3(unsigned(blocks), 1, z);
+}
+
 // Split-K, for products whose output has too few tiles to fill the GPU but whose K is long
 // (dW = dy^T x: a [C, C] output summed over B*T rows): `splits` blocks share each tile, each
 // over its own K range, into a workspace [splits, M, N] that a second kernel sums in a fixed
@@ -361,12 +381,12 @@ template <class T, bool kAKMajor, bool kBKMajor, bool kVecA, bool kVecB>
 void launch_tiled_with(const char* name, const Gemm& g, const Plan& p, float* partial, cudaStream_t s) {
     if (p.splits == 1) {
         launch(name, matmul_tiled_kernel<T, kAKMajor, kBKMajor, kVecA, kVecB>,
-               dim3(ceil_div(g.N, T::BN), ceil_div(g.M, T::BM)), dim3(T::kThreads), 0, s,
+               flat_grid(ceil_div(g.M, T::BM), ceil_div(g.N, T::BN)), dim3(T::kThreads), 0, s,
                g.C, g.A, g.B, g.bias, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.K, float4_ok(g.C, g.N, g.ldc));
         return;
     }
     launch(name, matmul_tiled_kernel<T, kAKMajor, kBKMajor, kVecA, kVecB>,
-           dim3(ceil_div(g.N, T::BN), ceil_div(g.M, T::BM), p.splits), dim3(T::kThreads), 0, s,
+           flat_grid(ceil_div(g.M, T::BM), ceil_div(g.N, T::BN), p.splits), dim3(T::kThreads), 0, s,
            partial, g.A, g.B, static_cast<const float*>(nullptr), g.M, g.N, g.K, g.lda, g.ldb, g.N,
            p.k_per_split, float4_ok(partial, g.N, g.N));
     const int64_t count = int64_t(g.M) * g.N;
@@ -393,7 +413,7 @@ void matmul(const char* name, const Gemm& g, int version, float* partial, cudaSt
     if (g.M == 0 || g.N == 0) return;
     if (version == 1) {
         launch(name, matmul_naive_kernel<kAKMajor, kBKMajor>,
-               dim3(ceil_div(g.N, kNaiveBlockX), ceil_div(g.M, kNaiveBlockY)),
+               flat_grid(ceil_div(g.M, kNaiveBlockY), ceil_div(g.N, kNaiveBlockX)),
                dim3(kNaiveBlockX, kNaiveBlockY), 0, s, g.C, g.A, g.B, g.bias, g.M, g.N, g.K,
                g.lda, g.ldb, g.ldc);
         return;
@@ -530,7 +550,7 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbia
         const int chunks = ceil_div(d.M, kRowsPerChunk);   // 0 rows: the finalize writes zeros
         if (chunks > 0)
             launch("linear_backward_dbias_partial", column_sum_partial_kernel,
-                   dim3(ceil_div(d.OUT, 32), chunks), dim3(32, 8), 0, s, workspace.ptr<float>(),
+                   flat_grid(chunks, ceil_div(d.OUT, 32)), dim3(32, 8), 0, s, workspace.ptr<float>(),
                    dout.ptr<float>(), d.M, d.OUT);
         launch("linear_backward_dbias_finalize", column_sum_finalize_kernel,
                dim3(ceil_div(d.OUT, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s,

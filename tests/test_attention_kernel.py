@@ -317,3 +317,24 @@ def test_misaligned_inputs_take_the_scalar_path(host_runtime):
 def attention_op(rt):
     from scratchgpt.kernels import REGISTRY
     return REGISTRY["attention"](rt)
+
+
+
+@pytest.mark.slow
+def test_flash_past_the_old_grid_limit(host_runtime):
+    """The flash kernels had the query/key tiles on grid.y (at most 65535 tiles: T = 2,097,120).
+    One position more, one head of width 1, window 1 (each query sees itself: y = v,
+    lse = q k, dv = dy, dq = dk = 0), forward and backward. About 35 s on the host."""
+    rt, lib = host_runtime, host_runtime.lib
+    T = 65535 * 32 + 1
+    qkv, dy = make_inputs(1, T, 1, 1, 41)
+    q, k, v = qkv[0, :, 0], qkv[0, :, 1], qkv[0, :, 2]
+    y, lse = np.full((1, T, 1), np.nan, np.float32), np.full((1, 1, T), np.nan, np.float32)
+    lib.attention_forward(y, lse, qkv, 1, 1, rt.stream())
+    np.testing.assert_array_equal(y[0, :, 0], v)
+    np.testing.assert_allclose(lse[0, 0], q.astype(np.float64) * k, rtol=1e-6, atol=1e-6)
+    dqkv, di = np.full_like(qkv, np.nan), np.full((1, 1, T), np.nan, np.float32)
+    lib.attention_backward(dqkv, di, dy, qkv, y, lse, 1, 1, rt.stream())
+    np.testing.assert_array_equal(di[0, 0], dy[0, :, 0] * v)
+    np.testing.assert_allclose(dqkv[0, :, 2], dy[0, :, 0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dqkv[0, :, :2], 0.0, atol=1e-5)

@@ -165,3 +165,19 @@ def test_arguments_are_checked_by_name(host_runtime):
 def test_large(kernel_runtime):
     """GPT-2 sizes: B*T = 8192 positions (8 chunks of the scatter), V = 50304, C = 768."""
     check_against_reference(kernel_runtime, *make_inputs(8, 1024, 1024, 50304, 768, 0, distinct=2000))
+
+
+
+def test_dwpe_past_the_old_grid_limit(host_runtime):
+    """dwpe had its column blocks (256 columns each) on grid.y: C > 65535 * 256 failed. One
+    column more (odd C: the scalar path, whose blocks are the narrower), B = 2, one position."""
+    rt = host_runtime
+    C = 65535 * 256 + 1
+    dout = np.random.default_rng(31).standard_normal((2, 1, C)).astype(np.float32)
+    idx = np.zeros((2, 1), np.int64)
+    dwte, dwpe = np.full((1, C), np.nan, np.float32), np.full((1, C), np.nan, np.float32)
+    workspace = np.full(rt.lib.embedding_backward_workspace(1, 2), -7, np.int32)
+    rt.lib.embedding_backward(dwte, dwpe, workspace, dout, idx, rt.stream())
+    want = dout[0] + dout[1]   # two float32 terms: the kernels add them in this order
+    np.testing.assert_array_equal(dwpe, want)
+    np.testing.assert_array_equal(dwte, want)

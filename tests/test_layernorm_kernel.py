@@ -236,3 +236,28 @@ def test_a_missing_cuda_module_is_reported_not_raised(monkeypatch):
     assert "not built" in status["reason"] and "SCRATCHGPT_NO_CUDA" in status["reason"]
     with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: the cuda kernel module is not built"):
         get_backend("cuda")
+
+
+
+@pytest.mark.slow
+def test_dparams_past_the_old_grid_limit(host_runtime):
+    """The dweight/dbias partial sums over chunks of 128 rows had the chunks on grid.y (at most
+    65535: 8.4 M rows); one row more. C = 2, mean and rstd given (the backward takes them as
+    inputs). About a minute on the host: the dx kernel's warp reductions run for every row."""
+    rt = host_runtime
+    N, C = 65535 * 128 + 1, 2
+    x, weight, _, dout = make_inputs((N, C), 21)
+    mean = x.astype(np.float64).mean(axis=1)
+    rstd = 1.0 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=1) + 1e-5)
+    mean32, rstd32 = mean.astype(np.float32), rstd.astype(np.float32)
+    dx, dweight, dbias = (np.full(shape, np.nan, np.float32) for shape in ((N, C), (C,), (C,)))
+    workspace = np.full(rt.lib.layernorm_backward_workspace(N, C), np.nan, np.float32)
+    rt.lib.layernorm_backward(dx, dweight, dbias, workspace, dout, x, weight, mean32, rstd32, rt.stream())
+    xhat = (x - mean32[:, None].astype(np.float64)) * rstd32[:, None]
+    d = dout.astype(np.float64)
+    assert_sum_close(dweight, (d * xhat).sum(0), np.abs(d * xhat).sum(0), N)
+    assert_sum_close(dbias, d.sum(0), np.abs(d).sum(0), N)
+    g = d * weight
+    want_dx = rstd32[:, None] * (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True))
+    assert np.isfinite(dx).all()
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-3, atol=1e-3 * np.abs(want_dx).max())

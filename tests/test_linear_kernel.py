@@ -221,3 +221,43 @@ def test_arguments_are_checked_by_name(host_runtime):
 @pytest.mark.parametrize("M, IN, OUT", [(512, 768, 768), (300, 257, 1023), (1024, 128, 3072)])
 def test_large(kernel_runtime, version, M, IN, OUT):
     check_against_reference(kernel_runtime, *make_inputs([M], IN, OUT, M), version=version)
+
+
+# ------------------------------------------------------------------ grid limits (host, cheap shapes)
+# Each case has rows just past a limit the launch grid once had (grid.y <= 65535 blocks, checked
+# on the host too): ceil(M / 8) for the naive kernel, ceil(M / 128) for the 128-tiles the tiled
+# kernel takes at these sizes (64-tiles only serve fewer than 2 * 132 tiles), ceil(M / 256) for
+# the db partial sums. Tiny feature widths keep millions of rows to a few seconds.
+def test_naive_past_the_old_grid_limit(host_runtime):
+    rt = host_runtime
+    M = 65535 * 8 + 1
+    x, weight, bias, dout = make_inputs([M], 3, 2, 11)
+    out, dx, dweight, dbias = run_kernels(rt, x, weight, bias, dout, version=1)
+    f64 = lambda a: a.astype(np.float64)   # noqa: E731
+    assert_sum_close(out, f64(x) @ f64(weight).T + bias, np.abs(f64(x)) @ np.abs(f64(weight)).T + np.abs(bias), 4)
+    assert_sum_close(dx, f64(dout) @ f64(weight), np.abs(f64(dout)) @ np.abs(f64(weight)), 2)
+    assert_sum_close(dweight, f64(dout).T @ f64(x), np.abs(f64(dout)).T @ np.abs(f64(x)), M)
+    assert_sum_close(dbias, f64(dout).sum(0), np.abs(f64(dout)).sum(0), M)
+
+
+def test_tiled_past_the_old_grid_limit(host_runtime):
+    rt = host_runtime
+    M = 65535 * 128 + 1
+    x, weight, bias, _ = make_inputs([M], 1, 1, 12)
+    out = np.full((M, 1), np.nan, np.float32)
+    rt.lib.linear_forward(out, x, weight, bias, 2, rt.stream())
+    np.testing.assert_allclose(out, x.astype(np.float64) * weight[0, 0] + bias[0], rtol=1e-6, atol=1e-6)
+
+
+def test_dbias_past_the_old_grid_limit(host_runtime):
+    """IN = 0 leaves dx and dweight empty (no product runs): only db's partial sums and their
+    chunk-ordered total."""
+    rt = host_runtime
+    M = 65535 * 256 + 1
+    dout = np.random.default_rng(13).standard_normal((M, 2)).astype(np.float32)
+    x, weight = np.zeros((M, 0), np.float32), np.zeros((2, 0), np.float32)
+    dbias = np.full(2, np.nan, np.float32)
+    workspace = np.full(rt.lib.linear_backward_workspace(M, 0, 2), np.nan, np.float32)
+    rt.lib.linear_backward(np.zeros((M, 0), np.float32), np.zeros((2, 0), np.float32), dbias, workspace,
+                           dout, x, weight, 2, rt.stream())
+    assert_sum_close(dbias, dout.astype(np.float64).sum(0), np.abs(dout.astype(np.float64)).sum(0), M)
