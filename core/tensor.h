@@ -14,7 +14,7 @@
 
 namespace scratch {
 
-enum class DType { F32, F64, F16, BF16, I32, I64, U8, Bool };
+enum class DType { F32, F64, F16, BF16, I32, I64, U8, Bool, U16 };
 
 inline const char* dtype_name(DType d) {
     switch (d) {
@@ -26,6 +26,7 @@ inline const char* dtype_name(DType d) {
         case DType::I64: return "int64";
         case DType::U8: return "uint8";
         case DType::Bool: return "bool";
+        case DType::U16: return "uint16";   // also bfloat16 bits (core/half.h)
     }
     return "?";
 }
@@ -34,7 +35,7 @@ inline size_t dtype_size(DType d) {
     switch (d) {
         case DType::F64: case DType::I64: return 8;
         case DType::F32: case DType::I32: return 4;
-        case DType::F16: case DType::BF16: return 2;
+        case DType::F16: case DType::BF16: case DType::U16: return 2;
         default: return 1;
     }
 }
@@ -45,6 +46,7 @@ template <> struct dtype_of<double> { static constexpr DType value = DType::F64;
 template <> struct dtype_of<int32_t> { static constexpr DType value = DType::I32; };
 template <> struct dtype_of<int64_t> { static constexpr DType value = DType::I64; };
 template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::U8; };
+template <> struct dtype_of<uint16_t> { static constexpr DType value = DType::U16; };
 
 struct Tensor {
     static constexpr int kMaxDims = 8;
