@@ -58,6 +58,7 @@ DType parse_typestr(const std::string& typestr, const char* name) {
     if (code == "i4") return DType::I32;
     if (code == "i8") return DType::I64;
     if (code == "u1") return DType::U8;
+    if (code == "u2") return DType::U16;   // also bfloat16 data, as a uint16 view (core/half.h)
     if (code == "b1") return DType::Bool;
     throw scratch::TypeError(str(name, ": unsupported dtype (typestr '", typestr, "')"));
 }
@@ -478,6 +479,71 @@ PYBIND11_MODULE(_host, m) {
               k::global_norm_clip(t_x, factor, as_stream(stream));
           },
           "x"_a, "factor"_a, "stream"_a = 0);
+
+    // ----------------------------------------------- tests/kernels/mma_tests.cu (not an op)
+    m.def("mma_test_convert",
+          [](py::object bits_out, py::object floats_out, py::object x, py::object bits_in, int kind,
+             uintptr_t stream) {
+              Tensor t_bo = as_tensor(bits_out, "bits_out"), t_fo = as_tensor(floats_out, "floats_out"),
+                     t_x = as_tensor(x, "x"), t_bi = as_tensor(bits_in, "bits_in");
+              py::gil_scoped_release nogil;
+              k::mma_test_convert(t_bo, t_fo, t_x, t_bi, kind, as_stream(stream));
+          },
+          "bits_out"_a, "floats_out"_a, "x"_a, "bits_in"_a, "kind"_a, "stream"_a = 0);
+    m.def("mma_test_storage_scale",
+          [](py::object out, py::object in, float scale, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_in = as_tensor(in, "in");
+              py::gil_scoped_release nogil;
+              k::mma_test_storage_scale(t_out, t_in, scale, as_stream(stream));
+          },
+          "out"_a, "in"_a, "scale"_a, "stream"_a = 0);
+    m.def("mma_test_fragments",
+          [](py::object d, py::object a, py::object b, py::object c, int kind, int repeat, int warps_per_block,
+             int block_x, int variant, uintptr_t stream) {
+              Tensor t_d = as_tensor(d, "d"), t_a = as_tensor(a, "a"), t_b = as_tensor(b, "b"),
+                     t_c = as_tensor(c, "c");
+              py::gil_scoped_release nogil;
+              k::mma_test_fragments(t_d, t_a, t_b, t_c, kind, repeat, warps_per_block, block_x, variant,
+                                    as_stream(stream));
+          },
+          "d"_a, "a"_a, "b"_a, "c"_a, "kind"_a, "repeat"_a = 1, "warps_per_block"_a = 1, "block_x"_a = 32,
+          "variant"_a = 0, "stream"_a = 0);
+    m.def("mma_test_ldmatrix",
+          [](py::object out, py::object tile, py::object offsets, int num, int trans, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_tile = as_tensor(tile, "tile"),
+                     t_off = as_tensor(offsets, "offsets");
+              py::gil_scoped_release nogil;
+              k::mma_test_ldmatrix(t_out, t_tile, t_off, num, trans, as_stream(stream));
+          },
+          "out"_a, "tile"_a, "offsets"_a, "num"_a, "trans"_a, "stream"_a = 0);
+    m.def("mma_test_gemm",
+          [](py::object d, py::object a, py::object b, int kind, int b_layout, int variant, uintptr_t stream) {
+              Tensor t_d = as_tensor(d, "d"), t_a = as_tensor(a, "a"), t_b = as_tensor(b, "b");
+              py::gil_scoped_release nogil;
+              k::mma_test_gemm(t_d, t_a, t_b, kind, b_layout, variant, as_stream(stream));
+          },
+          "d"_a, "a"_a, "b"_a, "kind"_a, "b_layout"_a, "variant"_a = 0, "stream"_a = 0);
+    m.def("mma_test_chain",
+          [](py::object out, py::object p, py::object a, py::object b1, py::object b2, int kind, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_p = as_tensor(p, "p"), t_a = as_tensor(a, "a"),
+                     t_b1 = as_tensor(b1, "b1"), t_b2 = as_tensor(b2, "b2");
+              py::gil_scoped_release nogil;
+              k::mma_test_chain(t_out, t_p, t_a, t_b1, t_b2, kind, as_stream(stream));
+          },
+          "out"_a, "p"_a, "a"_a, "b1"_a, "b2"_a, "kind"_a, "stream"_a = 0);
+#if !defined(SCRATCH_BUILD_CUDA)
+    {
+        py::list mma_cases;
+        for (const char* const* c = k::kMmaMisuseCases; *c; ++c) mma_cases.append(*c);
+        m.attr("MMA_MISUSE_CASES") = py::tuple(mma_cases);
+    }
+    m.def("mma_test_misuse",
+          [](const std::string& which) {
+              py::gil_scoped_release nogil;
+              k::mma_test_misuse(which.c_str());
+          },
+          "which"_a);
+#endif
 
     // ------------------------------------------ tests/kernels/executor_tests.cu (not an op)
     m.def("exec_test_shuffles",

@@ -132,4 +132,35 @@ void exec_test_misuse(const char* which);
 int host_executor_threads();
 extern const char* const kExecMisuseCases[];
 
+// ------------------------------------------------ tests/kernels/mma_tests.cu (not an op)
+// core/half.h and core/mma.h against NumPy (tests/test_mma.py). kind: 0 = bfloat16 (its bits as
+// uint16), 1 = float16. Registers cross as int32 views of the packed 32-bit values.
+// x float32 [n] (n even) -> bits_out uint16 [7, n] by each conversion path; bits_in uint16 [n] ->
+// floats_out float32 [5, n] (the rows are listed in mma_tests.cu).
+void mma_test_convert(const Tensor& bits_out, const Tensor& floats_out, const Tensor& x,
+                      const Tensor& bits_in, int kind, Stream stream);
+// out = from_float(to_float(in) * scale), one kernel templated on in's storage type (float32,
+// float16, or bfloat16 bits as uint16).
+void mma_test_storage_scale(const Tensor& out, const Tensor& in, float scale, Stream stream);
+// Raw fragments, warp w lane l: a [W, 32, 4], b [W, 32, 2] (int32), c and d [W, 32, 4] float32;
+// d = c + repeat * (A B) by mma_m16n8k16 accumulating in place. Blocks of warps_per_block warps,
+// shaped (block_x, 32 * warps_per_block / block_x). variant 1..3: deliberately wrong layouts (host).
+void mma_test_fragments(const Tensor& d, const Tensor& a, const Tensor& b, const Tensor& c, int kind,
+                        int repeat, int warps_per_block, int block_x, int variant, Stream stream);
+// tile uint16 [...] copied to shared memory; lane l of warp w gives &tile[offsets[w, l]] to
+// ldmatrix_x{num}{_trans}; out int32 [W, 32, num] receives its registers.
+void mma_test_ldmatrix(const Tensor& out, const Tensor& tile, const Tensor& offsets, int num, int trans,
+                       Stream stream);
+// d [M, N] float32 = a [M, K] b through cp.async (two stages), ldmatrix and mma; b is [K, N]
+// (b_layout 0) or [N, K] (b_layout 1). variant 1 (host only): the cp.async wait left out.
+void mma_test_gemm(const Tensor& d, const Tensor& a, const Tensor& b, int kind, int b_layout, int variant,
+                   Stream stream);
+// One warp: p [16, 16] float32 = A B1, then out [16, 8] = round(P) B2 with P kept in registers
+// (accum_to_a); a, b1 [16, 16], b2 [16, 8].
+void mma_test_chain(const Tensor& out, const Tensor& p, const Tensor& a, const Tensor& b1, const Tensor& b2,
+                    int kind, Stream stream);
+// Host only: misuse of the warp collectives; each must raise.
+void mma_test_misuse(const char* which);
+extern const char* const kMmaMisuseCases[];
+
 }  // namespace scratch::kernels
