@@ -11,6 +11,9 @@ moves registers between memory and the mma, so what is compared is the emulation
 against this one. Layouts changed on purpose (here, and in the emulation: test-only variants
 of mma_tests.cu) must fail the same comparison.
 
+References: the conversions are held bit for bit to ml_dtypes (bfloat16) and NumPy (float16);
+the layout, GEMM and misuse tests need NumPy alone, so they run on a GPU machine without ml_dtypes.
+
 Error bounds. Products of two bf16 or fp16 values are exact in fp32, so an mma computes a sum
 of 17 exact terms (c and 16 products) with 16 fp32 additions; chained mma accumulating in place
 make 16 R additions. Whatever the order, the error is at most gamma_n * sum |terms| with
@@ -21,9 +24,13 @@ order (c, then k = 0 .. 15, fused multiply-adds) is checked bit for bit separate
 import numpy as np
 import pytest
 
-ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is needed for the bfloat16 reference "
-                                "(pip install ml_dtypes)")
-BF16 = ml_dtypes.bfloat16
+try:
+    import ml_dtypes
+except ImportError:   # the GPU machine may lack it: only the bfloat16 rounding reference needs it
+    ml_dtypes = None
+needs_ml_dtypes = pytest.mark.skipif(ml_dtypes is None, reason="ml_dtypes is not installed (pip install "
+                                     "ml_dtypes): it is the bfloat16 rounding reference")
+BF16 = pytest.param("bf16", marks=needs_ml_dtypes)   # a kind whose test needs the bfloat16 reference
 KINDS = {"bf16": 0, "fp16": 1}
 U_TRUNCATE = 2.0 ** -23
 
@@ -32,18 +39,41 @@ def gamma(n, u=U_TRUNCATE):
     return n * u / (1 - n * u)
 
 
-def to_bits(x, kind):
-    """float32 -> 16-bit patterns, rounded to nearest even by ml_dtypes / NumPy (the reference)."""
+def reference_bits(x, kind):
+    """float32 -> 16-bit patterns, rounded to nearest even by ml_dtypes / NumPy: the reference the
+    conversion intrinsics are held to."""
     x = np.asarray(x, np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        return (x.astype(BF16) if kind == "bf16" else x.astype(np.float16)).view(np.uint16)
+        return (x.astype(ml_dtypes.bfloat16) if kind == "bf16" else x.astype(np.float16)).view(np.uint16)
+
+
+def reference_values(bits, kind):
+    """16-bit patterns -> float32 by ml_dtypes / NumPy."""
+    bits = np.asarray(bits, np.uint16)
+    with np.errstate(invalid="ignore"):
+        return (bits.view(ml_dtypes.bfloat16) if kind == "bf16" else bits.view(np.float16)).astype(np.float32)
+
+
+def to_bits(x, kind):
+    """float32 -> 16-bit patterns, round to nearest even, with NumPy alone (operands of the mma tests,
+    which run where ml_dtypes is missing; test_numpy_rounding_matches_ml_dtypes checks it)."""
+    x = np.asarray(x, np.float32)
+    if kind == "fp16":
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).view(np.uint16)
+    u = x.view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    bits[np.isnan(x)] = 0x7FC0
+    return bits
 
 
 def from_bits(bits, kind):
-    """16-bit patterns -> float64 (exact)."""
+    """16-bit patterns -> float64, exactly (bfloat16: the top half of a float32)."""
     bits = np.asarray(bits, np.uint16)
     with np.errstate(invalid="ignore"):   # NaN patterns stay NaN
-        return (bits.view(BF16) if kind == "bf16" else bits.view(np.float16)).astype(np.float64)
+        if kind == "bf16":
+            return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return bits.view(np.float16).astype(np.float64)
 
 
 def is_nan_bits(bits, kind):
@@ -71,7 +101,7 @@ WIDENING_PATHS = ["__X2float", "__X22float2", "__low2float/__high2float", "Stora
 def check_rounding(rt, got, x, kind):
     """Every rounding path of the kernel against the reference, bit for bit; NaN gives a NaN (on the
     host exactly 0x7fff, CUDA's canonical NaN, where ml_dtypes and NumPy keep the payload)."""
-    want = to_bits(x, kind)
+    want = reference_bits(x, kind)
     nan = np.isnan(x)
     for row, path in enumerate(ROUNDING_PATHS):
         bad = np.flatnonzero((got[row] != want) & ~nan)
@@ -86,8 +116,7 @@ def check_rounding(rt, got, x, kind):
 def check_widening(got, bits, kind):
     """Every 16 -> 32-bit path against ml_dtypes / NumPy: exact for every non-NaN pattern; a NaN
     stays a NaN (bf16 keeps its bits: h << 16, as CUDA defines it)."""
-    with np.errstate(invalid="ignore"):
-        want = from_bits(bits, kind).astype(np.float32)
+    want = reference_values(bits, kind)
     nan = is_nan_bits(bits, kind)
     for row, path in enumerate(WIDENING_PATHS):
         g = got[row]
@@ -99,12 +128,11 @@ def check_widening(got, bits, kind):
             np.testing.assert_array_equal(g[nan].view(np.uint32), bits[nan].astype(np.uint32) << 16)
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp16"])
+@pytest.mark.parametrize("kind", [BF16, "fp16"])
 def test_every_16bit_pattern_widens_exactly_and_rounds_back(kernel_runtime, kind):
     """All 65,536 patterns: bits -> float exactly; the float -> bits again unchanged (NaN: 0x7fff)."""
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    with np.errstate(invalid="ignore"):
-        values = from_bits(bits, kind).astype(np.float32)
+    values = reference_values(bits, kind)
     bits_out, floats_out = run_convert(kernel_runtime, values, bits, kind)
     check_widening(floats_out, bits, kind)
     nan = is_nan_bits(bits, kind)
@@ -140,7 +168,7 @@ def edge_floats(kind):
     return np.concatenate([specials, near, -near])
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp16"])
+@pytest.mark.parametrize("kind", [BF16, "fp16"])
 def test_float_rounds_to_nearest_even_as_ml_dtypes(kernel_runtime, kind):
     """Random float32 bit patterns over the whole range, values around the 16-bit type's range, and
     the edge cases, through every rounding intrinsic, bit for bit."""
@@ -154,7 +182,7 @@ def test_float_rounds_to_nearest_even_as_ml_dtypes(kernel_runtime, kind):
     check_rounding(kernel_runtime, bits_out, x, kind)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", ["float32", BF16, "fp16"])
 def test_one_source_templated_on_the_storage_type(kernel_runtime, dtype):
     """out = from_float(to_float(in) * scale): the same kernel for the three storage types, rounded
     as the reference rounds (float32 product, then round to nearest even), bit for bit."""
@@ -165,8 +193,8 @@ def test_one_source_templated_on_the_storage_type(kernel_runtime, dtype):
     if dtype == "float32":
         xin, want = x, x * scale
     else:
-        xin = to_bits(x, dtype)
-        want = to_bits(from_bits(xin, dtype).astype(np.float32) * scale, dtype)
+        xin = reference_bits(x, dtype)
+        want = reference_bits(from_bits(xin, dtype).astype(np.float32) * scale, dtype)
         if dtype == "fp16":   # NumPy's float16 crosses the binding as itself ('<f2')
             xin = xin.view(np.float16)
     out = rt.asarray(np.zeros_like(xin))
@@ -478,14 +506,28 @@ def test_misuse_raises_naming_the_problem(host_runtime, case):
         host_runtime.lib.mma_test_misuse(case)
 
 
+@needs_ml_dtypes
+def test_numpy_rounding_matches_ml_dtypes():
+    """The NumPy-only bfloat16 rounding that prepares the mma tests' operands is ml_dtypes'."""
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([x[~np.isnan(x)], edge_floats("bf16")])
+    x = x[~np.isnan(x)]
+    np.testing.assert_array_equal(to_bits(x, "bf16"), reference_bits(x, "bf16"))
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    ok = ~is_nan_bits(bits, "bf16")
+    np.testing.assert_array_equal(from_bits(bits, "bf16")[ok], reference_values(bits, "bf16")[ok])
+
+
+@needs_ml_dtypes
 def test_bfloat16_crosses_the_binding_as_uint16(host_runtime):
     """ml_dtypes' bfloat16 arrays report typestr '<V2' (any 2-byte record): refused; their uint16
     view is taken, and a dtype the launcher does not expect is named."""
-    x = np.ones(4, np.float32).astype(BF16)
+    x = np.ones(4, np.float32).astype(ml_dtypes.bfloat16)
     with pytest.raises(TypeError, match="unsupported dtype"):
         host_runtime.lib.mma_test_storage_scale(np.zeros_like(x), x, 1.0)
     out = np.zeros(4, np.uint16)
     host_runtime.lib.mma_test_storage_scale(out, x.view(np.uint16), 2.0)
-    np.testing.assert_array_equal(out.view(BF16).astype(np.float32), 2.0)
+    np.testing.assert_array_equal(out.view(ml_dtypes.bfloat16).astype(np.float32), 2.0)
     with pytest.raises(TypeError, match="expected uint16, got float32"):
         host_runtime.lib.mma_test_storage_scale(np.zeros(4, np.float32), x.view(np.uint16), 1.0)
