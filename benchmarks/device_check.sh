@@ -176,7 +176,7 @@ cuda_tests() {
     python3 -m pytest -m cuda -q -rfEs -p no:cacheprovider --continue-on-collection-errors \
         -o faulthandler_timeout="$dump" \
         --junitxml="$OUT/pytest.xml" \
-        tests/test_*_kernel.py tests/test_executor.py tests/test_model_kernels.py
+        tests/test_*_kernel.py tests/test_executor.py tests/test_mma.py tests/test_model_kernels.py
     local rc=$?
     python3 - "$OUT" <<'EOF'
 import json, os, sys
