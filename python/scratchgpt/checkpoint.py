@@ -58,13 +58,14 @@ def save_checkpoint(run_dir, step, model, optimizer=None, state=None, tokenizer=
         _write_checkpoint(tmp, step, model, optimizer, state, tokenizer)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and describe_os_error(e):
+        os_error = _as_os_error(e)
+        if os_error is not None and describe_os_error(os_error):
             kept = list_checkpoints(run_dir)
             raise ScratchError(
-                f"cannot write checkpoint {os.path.basename(final)}: {e.strerror or e}",
-                e.filename or run_dir,
-                f"{_expected_space(e)}; nothing on disk was changed, the newest complete "
-                f"checkpoint is {kept[-1] if kept else 'none yet'}") from e
+                f"cannot write checkpoint {os.path.basename(final)}: "
+                f"{os_error.strerror or os_error}", os_error.filename or run_dir,
+                f"{_expected_space(os_error)}; nothing on disk was changed, the newest "
+                f"complete checkpoint is {kept[-1] if kept else 'none yet'}") from e
         raise
     if os.path.isdir(final):          # the same step saved again: replace it
         # until the new one is in place the old one is findable as ckpt_N.old_PID
@@ -78,6 +79,18 @@ def save_checkpoint(run_dir, step, model, optimizer=None, state=None, tokenizer=
         for old in list_checkpoints(run_dir)[:-keep]:
             remove_checkpoint(old)
     return final
+
+
+def _as_os_error(e):
+    """The OSError behind e: e itself, or the "(os error N)" that the Rust writers of
+    safetensors and tokenizers put in their messages (they raise their own types)."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)\)", str(e))
+    if m and isinstance(e, Exception):
+        n = int(m.group(1))
+        return OSError(n, os.strerror(n))
+    return None
 
 
 def _expected_space(e):

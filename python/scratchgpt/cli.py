@@ -63,7 +63,17 @@ _PLAIN_TYPES = {int: "an integer", float: "a number"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with usage errors as one line in the house format (exit 2)."""
+    """argparse, with usage errors as one line in the house format (exit 2); an unknown flag
+    is reported by the subcommand it was given to."""
+
+    commands = None          # the subcommands' parsers, on the top-level parser
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.commands.get(getattr(parsed, "command", None)) if self.commands else None
+            (command or self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {self.describe(message)}\n")
@@ -117,6 +127,7 @@ def build_parser():
     sub.required = True
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
+    parser.commands = sub.choices
     for command in sub.choices.values():    # `scratchgpt train ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="print the traceback of an error, not only its one line")

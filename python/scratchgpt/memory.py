@@ -21,7 +21,11 @@ model's dtype. `scratchgpt info --preset NAME --batch-size B` prints these numbe
 tests/test_memory.py checks them against the peak that tracemalloc measures (within 25 %).
 
 Generation holds the parameters, the KV cache (2 * n_layer * B * T * C numbers) and one
-position's temporaries; past block_size tokens it runs the whole window as a forward.
+position's temporaries (the prompt's, on its first pass); past block_size tokens it runs the
+whole window as a forward.
+
+Not counted: the interpreter and its libraries, and on the host backend the executor's fiber
+stacks (a few MiB per worker thread, outside Python's allocator).
 
 Where the numbers live: host RAM for the numpy and host backends; GPU memory for cuda (with
 host RAM for the float64 initial values). What is available: MemAvailable (/proc/meminfo),
@@ -194,20 +198,26 @@ def kv_cache_bytes(cfg, batch, tokens, dtype="float32"):
 
 def sampling_estimate(cfg, num_samples, prompt_tokens, max_new_tokens, backend="numpy",
                       dtype="float32"):
-    """The peak memory of generating max_new_tokens after a prompt, num_samples at once."""
+    """The peak memory of generating max_new_tokens after a prompt, num_samples at once: the
+    larger of the prompt's pass (a short KV cache, the prompt's temporaries) and the last
+    cached step (the whole KV cache, one layer's keys or values copied as they grow)."""
     s = _itemsize(dtype)
     B, C, H, V = num_samples, cfg.n_embd, cfg.n_head, cfg.vocab_size
-    S = min(max(prompt_tokens, 1) + max_new_tokens, cfg.block_size)
     P0 = min(max(prompt_tokens, 1), cfg.block_size)
+    S = min(P0 + max_new_tokens, cfg.block_size)
     P = cfg.num_params() * s
-    kv = kv_cache_bytes(cfg, B, S, dtype)
-    prompt = 12 * B * P0 * C + (0 if _kernels(backend) else 4 * B * H * P0 * S)
-    step = (max(prompt, 2 * B * S * C) + B * V) * s + 6 * B * V * 8   # + float64 sampling
-    phases = {"generation": {"parameters": P, "KV cache": kv, "working memory": step}}
-    if max(prompt_tokens, 1) + max_new_tokens > cfg.block_size:      # the window slides
+    sampling = B * V * s + 6 * B * V * 8              # logits, then float64 sampling arrays
+    prompt_pass = (12 * B * P0 * C + (0 if _kernels(backend) else 4 * B * H * P0 * P0)) * s
+    phases = {
+        "prompt": {"parameters": P, "KV cache": kv_cache_bytes(cfg, B, P0, dtype),
+                   "working memory": prompt_pass + sampling},
+        "generation": {"parameters": P, "KV cache": kv_cache_bytes(cfg, B, S, dtype),
+                       "working memory": B * S * C * s + sampling},
+    }
+    if P0 + max_new_tokens > cfg.block_size:          # the window slides: full forwards
         T = cfg.block_size
         phases["sliding window"] = {
-            "parameters": P, "KV cache": kv,
+            "parameters": P, "KV cache": kv_cache_bytes(cfg, B, T, dtype),
             "activations": activation_bytes(cfg, B, T, backend, dtype, training=False),
             "working memory": _forward_working_bytes(cfg, B, T, backend, dtype)}
     build = _build_bytes(cfg, dtype)

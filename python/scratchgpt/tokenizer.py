@@ -127,9 +127,17 @@ class BPETokenizer:
                                "(GPT-2's scheme)") from None
 
     def save(self, folder):
+        import re
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, TOKENIZER_JSON)
-        self.tk.save(path + ".tmp")
+        try:
+            self.tk.save(path + ".tmp")
+        except Exception as e:      # the Rust writer's I/O error, as the OSError it is
+            m = re.search(r"os error (\d+)\)", str(e))
+            if m is None:
+                raise
+            n = int(m.group(1))
+            raise OSError(n, os.strerror(n), path + ".tmp") from None
         os.replace(path + ".tmp", path)
         return path
 
