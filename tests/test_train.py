@@ -11,7 +11,11 @@ import scratchgpt.checkpoint as checkpoint
 from scratchgpt.cli import main
 from scratchgpt.checkpoint import find_checkpoint, list_checkpoints, load_model
 from scratchgpt.model import GPT
-from scratchgpt.train import TrainingDiverged, lr_at, parse_args, resolve_backend, train
+from scratchgpt import memory
+from scratchgpt.config import PRESETS
+from scratchgpt.errors import NotEnoughMemory
+from scratchgpt.train import (SMALL_PRESET_BPE_VOCAB, TrainingDiverged, build_config, lr_at,
+                              parse_args, resolve_backend, tokenizer_vocab_size, train)
 
 # 17 distinct characters: the char tokenizer and the model get a 17-token vocabulary
 TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
@@ -137,15 +141,65 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(110, args) == pytest.approx(0.1) and lr_at(500, args) == pytest.approx(0.1)
 
 
-def test_backend_auto_is_numpy_without_a_gpu():
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            pytest.skip("a GPU is present here: auto may pick cuda")
-    except Exception:
-        pass
-    assert resolve_backend("auto") == "numpy"
+def test_backend_auto_follows_the_cuda_backend_status():
+    from scratchgpt.kernels import backend_status
+    expected = "cuda" if backend_status("cuda")["available"] else "numpy"
+    assert resolve_backend("auto") == expected
     assert resolve_backend("numpy") == "numpy"
+
+
+class _ReachedTheData(Exception):
+    pass
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_has_a_tokenizer_that_fits_or_is_refused_up_front(preset, tmp_path,
+                                                                       monkeypatch):
+    """With the default BPE every preset asks for a vocabulary the BPE can have (nano's 32
+    becomes SMALL_PRESET_BPE_VOCAB), and its memory is checked first: on a 24 GiB machine it
+    fits and goes on to read the data, or NotEnoughMemory says so before any data is read."""
+    args = parse_args(["--preset", preset, "--out", str(tmp_path / "run")])
+    vocab = tokenizer_vocab_size(args)
+    assert vocab == (SMALL_PRESET_BPE_VOCAB if PRESETS[preset]["vocab_size"] < 257
+                     else PRESETS[preset]["vocab_size"])
+    cfg = build_config(args, vocab)
+    assert cfg.vocab_size == vocab
+
+    def reached(*a, **k):
+        raise _ReachedTheData
+
+    monkeypatch.setattr("scratchgpt.train.prepare_run_data", reached)
+    monkeypatch.setattr(memory, "host_available", lambda: (24 * 2 ** 30, "by a test"))
+    if memory.shortfall(memory.training_estimate(cfg, 16, "numpy")) is None:
+        with pytest.raises(_ReachedTheData):
+            train(args)
+    else:
+        with pytest.raises(NotEnoughMemory, match=f"--preset {preset} --batch-size 16"):
+            train(args)
+        assert not os.path.exists(tmp_path / "run")     # refused before anything is written
+
+
+def test_nano_with_the_default_bpe_trains(text_file, tmp_path):
+    summary = train(parse_args(["--preset", "nano", "--data", text_file, "--out",
+                                str(tmp_path), "--max-steps", "3", "--no-progress",
+                                "--eval-iters", "1"]))
+    model, _, tok, _ = load_model(tmp_path)
+    assert tok.kind == "bpe" and 257 <= tok.vocab_size <= SMALL_PRESET_BPE_VOCAB
+    assert model.cfg.vocab_size == tok.vocab_size and summary["steps_run"] == 3
+
+
+@pytest.mark.slow
+def test_the_nano_preset_trains_on_the_default_corpus(tmp_path):
+    """The command of the issue, verbatim: `scratchgpt train --preset nano --max-steps 5`."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", "import sys; from scratchgpt.cli import main; "
+                        "sys.exit(main())", "train", "--preset", "nano", "--max-steps", "5",
+                        "--out", str(tmp_path / "nano"), "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    model, state, tok, _ = load_model(tmp_path / "nano")
+    assert state["step"] == 5 and model.cfg.vocab_size == tok.vocab_size == SMALL_PRESET_BPE_VOCAB
 
 
 def test_train_on_llmc_shards_folder(text_file, tmp_path):

@@ -40,7 +40,7 @@ from .optim import AdamW
 from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
 SIZE_FLAGS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
-# presets whose vocabulary is smaller than a byte-level BPE can be train a BPE of this size
+# a preset whose vocabulary is too small for a byte-level BPE trains a BPE of this size
 SMALL_PRESET_BPE_VOCAB = 320
 # what --resume may change; everything else comes from the checkpoint
 RESUMABLE = ("max_steps", "eval_interval", "eval_iters", "ckpt_interval", "json", "progress",
@@ -82,7 +82,9 @@ def add_model_arguments(p):
                    f"flags below override its fields. nano's 32-token vocabulary is for "
                    f"--tokenizer char on small texts; with the byte-level BPE (the default) it "
                    f"trains a {SMALL_PRESET_BPE_VOCAB}-token BPE (the BPE needs at least "
-                   f"{BPE_MIN_VOCAB}: 256 bytes + <|endoftext|>)")
+                   f"{BPE_MIN_VOCAB}: 256 bytes + <|endoftext|>). A preset too large for this "
+                   f"machine is refused before any data is read, with its memory estimate "
+                   f"(scratchgpt info --preset NAME --batch-size B prints it)")
     p.add_argument("--vocab-size", type=positive_int,
                    help=f"vocabulary size (the BPE is trained to it; >= {BPE_MIN_VOCAB})")
     p.add_argument("--block-size", type=positive_int, help="context length")
