@@ -6,7 +6,6 @@ SIGTERM), no traceback, and the checkpoints already on disk still load with the 
 Everything runs on the `nano` preset with a 17-character tokenizer, on data written to
 tmp_path; nothing is downloaded.
 """
-import json
 import os
 import random
 import re
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from scratchgpt.checkpoint import list_checkpoints, load_model, load_optimizer, save_checkpoint
+from scratchgpt.checkpoint import list_checkpoints, load_model, load_optimizer
 from scratchgpt.cli import main
 from scratchgpt.data import write_shard
 from scratchgpt.optim import AdamW
@@ -31,11 +30,13 @@ from scratchgpt.train import parse_args, train
 TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
 ERROR_LINE = re.compile(r"^scratchgpt (\w+): error: (.+) \((.+)\)$")
 LAUNCH = "import sys; from scratchgpt.cli import main; sys.exit(main())"
+# no warnings; one BLAS thread (tiny matmuls otherwise spin waiting for a busy core)
+QUIET = {"PYTHONWARNINGS": "ignore", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def cli(*argv, env=None, preexec_fn=None, timeout=60):
     """Run `scratchgpt ARGV` in a fresh interpreter; (exit status, stdout, stderr)."""
-    run_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    run_env = {**os.environ, **QUIET, **(env or {})}
     run_env.pop("SCRATCHGPT_DEBUG", None)
     if env and "SCRATCHGPT_DEBUG" in env:
         run_env["SCRATCHGPT_DEBUG"] = env["SCRATCHGPT_DEBUG"]
@@ -338,8 +339,7 @@ def test_no_space_left_on_a_small_tmpfs(work):
               f"c = list_checkpoints(sys.argv[1]); load_model(c[-1]); print(\"LOADS\", c[-1])' "
               f"{mnt}/run; exit $rc")
     p = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                       capture_output=True, text=True, timeout=60, env={**os.environ, **QUIET})
     err = p.stderr.replace(p.stdout, "")
     assert_one_line_error(p.returncode, err, code=1, command="train",
                           contains=["No space left on device", "free disk space",
@@ -406,7 +406,7 @@ def started():
         argv = nano(work, out, "--max-steps", "100000", "--lr-decay-steps", "100000", *extra)
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *map(str, argv)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                env={**os.environ, **QUIET})
         procs.append(proc)
         return proc
     yield start

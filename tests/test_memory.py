@@ -57,9 +57,11 @@ print(json.dumps(peaks))
 def measured_peaks(mode, commands):
     """The peak memory of each command (a list of CLI argument lists), in one interpreter."""
     commands = [[str(a) for a in argv] for argv in commands]
+    # one BLAS thread: the same memory, and small matmuls do not spin waiting for a busy core
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-c", MEASURE, mode, json.dumps(commands)],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                       capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -197,7 +197,7 @@ def load_split(folder, split):
     paths = shard_paths(folder, split)
     if not paths:
         raise MissingFileError(f"no {split} shards (*{split}*.bin)", folder,
-                               f"a folder of llm.c shards named *train*.bin and *val*.bin")
+                               "a folder of llm.c shards named *train*.bin and *val*.bin")
     arrays = [read_shard(p) for p in paths]
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
