@@ -164,6 +164,74 @@ def test_grad_accum_doubles_the_gradients():
         2 * training_estimate(cfg, 4, "numpy").parts["gradients"]
 
 
+# --------------------------------------------------------------------------- emulated GPU
+EMULATED = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from scratchgpt.cli import main
+from scratchgpt.kernels import Runtime
+pool = Runtime("cuda").xp.get_default_memory_pool()
+peaks = []
+for argv in json.loads(sys.argv[1]):
+    before = pool.used_bytes()
+    pool.reset_peak()
+    assert main(argv) == 0
+    peaks.append(pool.peak_bytes() - before)
+print(json.dumps(peaks))
+"""
+
+
+def emulated_env(**extra):
+    return {**os.environ, "SCRATCHGPT_EMULATE_CUDA": "1", "PYTHONWARNINGS": "ignore",
+            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def emulated_or_skip():
+    probe = subprocess.run([sys.executable, "-c", "from scratchgpt.kernels import backend_status;"
+                            " s = backend_status('cuda'); print(s['available'], s['reason'])"],
+                           capture_output=True, text=True, env=emulated_env())
+    if not probe.stdout.startswith("True"):
+        pytest.skip(f"no emulated cuda device here: {probe.stdout.strip() or probe.stderr}")
+
+
+def test_cuda_estimate_matches_the_emulated_device_pool_peak(shards, mini_ckpt, tmp_path):
+    """On the cuda backend the estimate is of device memory: the emulated device's memory
+    pool (CuPy's interface, with a peak) measures what the model's arrays take there."""
+    emulated_or_skip()
+    cases = [(["train", "--batch-size", "4", "--backend", "cuda"],
+              training_estimate(GPTConfig.preset("mini"), 4, "cuda")),
+             (["sample", "--num-samples", "16", "--max-new-tokens", "20", "--backend", "cuda"],
+              sampling_estimate(MINI_95, 16, len(PROMPT), 20, "cuda"))]
+    commands = [full_argv(argv, shards, mini_ckpt, tmp_path / "run") for argv, _ in cases]
+    p = subprocess.run([sys.executable, "-c", EMULATED,
+                        json.dumps([[str(a) for a in c] for c in commands])],
+                       capture_output=True, text=True, timeout=300, env=emulated_env())
+    assert p.returncode == 0, p.stderr
+    for (_, est), peak in zip(cases, json.loads(p.stdout.strip().splitlines()[-1])):
+        assert est.device == "GPU memory"
+        within(est.total, peak)
+
+
+def test_cuda_run_refused_by_the_emulated_device_size(shards, tmp_path):
+    """The free memory the device reports (CuPy's Device().mem_info) is what a cuda run is
+    checked against: a 64 MiB emulated device refuses mini at batch 16 and names a batch
+    that fits."""
+    emulated_or_skip()
+    p = subprocess.run([sys.executable, "-c", "import sys; from scratchgpt.cli import main; "
+                        "sys.exit(main())", *map(str, full_argv(
+                            ["train", "--batch-size", "16", "--backend", "cuda"], shards, None,
+                            tmp_path / "run"))],
+                       capture_output=True, text=True, timeout=120,
+                       env=emulated_env(SCRATCHGPT_EMULATED_MEMORY_GB=str(64 / 1024)))
+    assert p.returncode == 1, p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith("scratchgpt train: error: training needs about 98.7 MiB of GPU "
+                           "memory: "), line
+    assert "only 64 MiB is available, by the GPU's free memory, of 64 MiB in all" in line
+    assert line.endswith("(--preset mini --batch-size 16 on cuda, --batch-size 9 or less fits)")
+    assert not os.path.exists(tmp_path / "run")
+
+
 # --------------------------------------------------------------------------- the pieces
 def test_estimate_grows_with_the_batch_and_its_parts_add_up():
     cfg = GPTConfig.preset("gpt2")
