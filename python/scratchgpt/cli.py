@@ -142,8 +142,9 @@ def explain(e):
     if isinstance(e, KeyboardInterrupt):
         return ScratchError("interrupted", "SIGINT", "stopped before finishing").line(), 130
     if isinstance(e, MemoryError):
-        return ScratchError("out of memory", "a smaller --batch-size or preset",
-                            "the memory estimate was exceeded; please report it").line(), 1
+        return ScratchError(f"out of memory ({e})" if str(e) else "out of memory",
+                            "--batch-size / --preset", "a smaller batch or preset (the run "
+                            "needed more than its memory estimate: please report it)").line(), 1
     if isinstance(e, OSError):
         line = describe_os_error(e)
         return (line, 1) if line else None
