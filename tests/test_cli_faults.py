@@ -242,6 +242,19 @@ def test_weights_of_another_architecture(work):
                                     "2-layer, 16-wide model with vocabulary 17"])
 
 
+def test_resuming_a_checkpoint_that_is_not_from_training(work):
+    """A fine-tuned checkpoint (its state.json has no training arguments) cannot be resumed."""
+    import json
+    run = copy_run(work, "not_training")
+    newest = list_checkpoints(run)[-1]
+    with open(os.path.join(newest, "state.json"), "w") as f:
+        json.dump({"step": 4, "classes": ["0", "1"]}, f)
+    rc, _, err = cli("train", "--resume", run, "--max-steps", "6")
+    assert_one_line_error(rc, err, code=1, command="train",
+                          contains=["not a training checkpoint", newest,
+                                    "fine-tuned models cannot be resumed"])
+
+
 def test_corrupt_tokenizer_file(work):
     (work / "bad_tok").mkdir(exist_ok=True)
     (work / "bad_tok" / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": [')

@@ -307,8 +307,9 @@ def _restore_args(args, argv_defaults):
     state = read_state(ckpts[-1])
     cfg = read_config(ckpts[-1])
     saved = state.get("args")
-    if not isinstance(saved, dict):
-        raise BadFileError("not a training checkpoint (state.json holds no training arguments)",
+    if not isinstance(saved, dict) or "data_rng" not in state:
+        raise BadFileError("not a training checkpoint (its state.json holds no training "
+                           "arguments or data sampler state)",
                            ckpts[-1], "a checkpoint written by scratchgpt train (fine-tuned "
                            "models cannot be resumed)")
     for k in SIZE_FLAGS:
