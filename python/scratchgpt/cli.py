@@ -90,7 +90,10 @@ class ArgumentParser(argparse.ArgumentParser):
         if action.choices is not None:
             return "one of " + ", ".join(map(str, action.choices))
         expected = getattr(action.type, "expected", None) or _PLAIN_TYPES.get(action.type)
-        return expected or (action.help.split(" (")[0] if action.help else "a value")
+        if expected:
+            return expected
+        # the help without its asides: "run folder (its newest ...), checkpoint folder, or ..."
+        return re.sub(r"\s*\([^()]*\)", "", action.help or "").strip() or "a value"
 
     def describe(self, message):
         m = re.match(r"argument (\S+): (.*)$", message, re.S)
