@@ -53,6 +53,7 @@ def save_checkpoint(run_dir, step, model, optimizer=None, state=None, tokenizer=
     tmp = os.path.join(run_dir, f".tmp_ckpt_{step:06d}_{os.getpid()}")
     try:
         os.makedirs(run_dir, exist_ok=True)
+        sweep_leftovers(run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         _write_checkpoint(tmp, step, model, optimizer, state, tokenizer)
@@ -117,6 +118,33 @@ def _write_checkpoint(folder, step, model, optimizer, state, tokenizer):
     if tokenizer is not None:
         tokenizer.save(folder)
     _write_json(os.path.join(folder, STATE_FILE), state)     # last: it marks the folder complete
+
+
+LEFTOVER_RE = re.compile(r"^(?:\.tmp_ckpt_\d+|\.del_ckpt_\d+|ckpt_(\d+)\.old)_(\d+)$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                   # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_leftovers(run_dir):
+    """Remove what saves cut short by kill -9 left behind (temporary folders, old checkpoints
+    half deleted, a replaced checkpoint whose successor is in place), when the process that
+    wrote them is gone."""
+    for name in os.listdir(run_dir):
+        m = LEFTOVER_RE.match(name)
+        if not m or int(m.group(2)) == os.getpid() or _alive(int(m.group(2))):
+            continue
+        if m.group(1) is not None and not os.path.isdir(
+                os.path.join(run_dir, f"ckpt_{int(m.group(1)):06d}")):
+            continue                  # a replaced checkpoint whose successor never arrived
+        shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
 
 
 def remove_checkpoint(path):
