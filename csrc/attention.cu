@@ -198,7 +198,7 @@ flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float
     const int q_last = min(q0 + kTile, T) - 1;
     const int k_first = max(0, q0 - s.w + 1);
     for (int k0 = k_first / kTile * kTile; k0 <= q_last; k0 += kTile) {
-        __syncthreads();   // the previous tile's k/v are no longer read
+        __syncthreads();   // the previous tile's k/v, and p_warp, are no longer read
         load_tile(k_sh, Ds, base + C, row_stride, k0, s);
         load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, s);
         __syncthreads();
@@ -221,7 +221,6 @@ flash_forward_kernel(float* __restrict__ y, float* __restrict__ lse, const float
         }
         __syncwarp();
         accumulate<ND>(o, p_warp, v_sh, Ds, D);
-        __syncwarp();   // p_warp is rewritten by the next tile
     }
     ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -289,7 +288,7 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
 
     const int q_last = min(T - 1, min(k0 + kTile - 1, T - 1) + s.w - 1);
     for (int q0 = k0; q0 <= q_last; q0 += kTile) {   // k0 is a tile boundary, so is q0
-        __syncthreads();
+        __syncthreads();   // the previous tile's q/dy/lse/di, and p_warp, ds_warp, are no longer read
         load_tile(q_sh, Ds, base, row_stride, q0, s);
         load_tile(dy_sh, Ds, dy_base, C, q0, s);
         if (threadIdx.x < kTile) {
@@ -313,7 +312,6 @@ flash_backward_dkdv_kernel(float* __restrict__ dqkv, const float* __restrict__ d
         __syncwarp();
         accumulate<ND>(dv, p_warp, dy_sh, Ds, D);
         accumulate<ND>(dk, ds_warp, q_sh, Ds, D);
-        __syncwarp();
     }
     ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -366,7 +364,7 @@ flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
     const int q_last = min(q0 + kTile, T) - 1;
     const int k_first = max(0, q0 - s.w + 1);
     for (int k0 = k_first / kTile * kTile; k0 <= q_last; k0 += kTile) {
-        __syncthreads();
+        __syncthreads();   // the previous tile's k/v, and ds_warp, are no longer read
         load_tile(k_sh, Ds, base + C, row_stride, k0, s);
         load_tile(v_sh, Ds, base + 2 * C, row_stride, k0, s);
         __syncthreads();
@@ -382,7 +380,6 @@ flash_backward_dq_kernel(float* __restrict__ dqkv, const float* __restrict__ dy,
         }
         __syncwarp();
         accumulate<ND>(dq, ds_warp, k_sh, Ds, D);
-        __syncwarp();
     }
     ATTN_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -553,7 +550,12 @@ decode_kernel(float* __restrict__ y, const float* __restrict__ q, const float* _
             for (int n = 0; n < ND; ++n)
                 if (lane + 32 * n < D) o[n] = fmaf(pj, vr[lane + 32 * n], o[n]);
         }
-        __syncwarp();
+        // Kept though no test can miss it (tests/mutation/allowed_barriers.txt): the next chunk's
+        // warp_max shuffles already make every lane wait for the others before it stores p_sh,
+        // on the host and the GPU, but shuffles do not order shared memory; only this barrier
+        // keeps a lane's next store behind the other lanes' loads above. It can go only if p_sh's
+        // exchange becomes shuffles.
+        __syncwarp();   // p_sh is rewritten by the next chunk (memory order; see above)
     }
     // merge: y = sum_w e^(m_w - M) o_w / sum_w e^(m_w - M) l_w; a warp without keys has m = -inf
     l = warp_sum(l);

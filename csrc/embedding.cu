@@ -116,6 +116,10 @@ __device__ int block_exclusive_scan(int value, int* total) {
     __syncthreads();
     const int before = (warp ? warp_totals[warp - 1] : 0) + inclusive - value;
     *total = warp_totals[kSortThreads / 32 - 1];
+    // Defensive (tests/mutation/allowed_barriers.txt): the sort kernel calls this once, and no
+    // later code touches warp_totals, so no test can miss this barrier. A second call (a scan in
+    // two passes, over ids beyond kSortThreads * per) would need it: warp 31 of that call could
+    // store its total while a slower warp still loads warp_totals[warp - 1] of this one.
     __syncthreads();                 // warp_totals may be reused by the next call
     return before;
 }
@@ -151,9 +155,11 @@ embedding_backward_sort_kernel(int* __restrict__ starts, int* __restrict__ curso
         running += count;
     }
     if (tid == 0) starts[V] = total;
-    __syncthreads();
 
-    // Stable scatter, one chunk of kSortThreads positions at a time.
+    // Stable scatter, one chunk of kSortThreads positions at a time. Two barriers per chunk: the
+    // first also puts the scan's cursor stores (first chunk) and the previous chunk's cursor
+    // advances before this chunk's loads of cursor; the second puts every load of chunk_ids and
+    // cursor before the advances and before the next chunk's chunk_ids stores.
     for (int base = 0; base < N; base += kSortThreads) {
         const int n = base + tid;
         const int len = min(kSortThreads, N - base);
@@ -163,7 +169,7 @@ embedding_backward_sort_kernel(int* __restrict__ starts, int* __restrict__ curso
             if (raw >= 0 && raw < Id(V)) id = int(raw);
         }
         chunk_ids[tid] = id;
-        __syncthreads();
+        __syncthreads();       // chunk_ids written; cursor advanced (or scanned) for this chunk
         int rank = 0;
         bool last = true;
         if (id >= 0) {
@@ -174,9 +180,8 @@ embedding_backward_sort_kernel(int* __restrict__ starts, int* __restrict__ curso
             }
             order[cursor[id] + rank] = n;
         }
-        __syncthreads();       // every thread has read cursor before any advances it
+        __syncthreads();       // every thread has read cursor and chunk_ids before any advances or rewrites them
         if (id >= 0 && last) cursor[id] += rank + 1;
-        __syncthreads();       // chunk_ids and cursor are reused by the next chunk
     }
 }
 
