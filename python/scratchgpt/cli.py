@@ -189,6 +189,11 @@ def main(argv=None):
     try:
         with _TerminateAsException():
             return args.func(args) or 0
+    except BrokenPipeError:
+        # the reader went away (`scratchgpt sample ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BaseException as e:        # noqa: B902 -- KeyboardInterrupt and SystemExit too
         explained = explain(e)
         if explained is None:
