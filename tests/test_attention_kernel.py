@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from scratchgpt.reference import attention as ref
 

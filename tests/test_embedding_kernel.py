@@ -3,8 +3,7 @@ marked `cuda`, on the GPU. Outputs and the workspace are poisoned before each la
 """
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import assert_sum_close, f64, poisoned, rel_err, shifted
 from scratchgpt.reference import embedding as ref

@@ -11,8 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 
 def lanes_expected(x, width, delta, src_lane):
@@ -388,7 +387,6 @@ def test_forked_child_launches_and_exits_cleanly(host_runtime):
     run = subprocess.run([sys.executable, "-c", code], env=os.environ, timeout=60)
     assert run.returncode == 0
     np.testing.assert_array_equal(out, lanes_expected(x, 32, 3, 5))
-
 
 
 def test_barrier_allow_list_names_commented_barriers():

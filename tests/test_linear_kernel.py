@@ -6,8 +6,7 @@ thread as a fiber); the big ones are marked slow.
 """
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import assert_sum_close, rel_err
 from scratchgpt.reference import linear as ref
