@@ -138,7 +138,7 @@ def test_arguments_are_checked_by_name(host_runtime):
         op.update(param, grad, m, v, 0, 0.1)
     with pytest.raises(ValueError, match=r"^grad: expected the shape of param \(6,\), got \(5,\)"):
         op.update(param, grad[:5], m, v, 1, 0.1)
-    with pytest.raises(TypeError, match=r"^m: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^m: the host backend stores float32, bfloat16 or float16, got float64"):
         op.update(param, grad, f64(m), v, 1, 0.1)
     with pytest.raises(ValueError, match=r"^param: shares memory with m"):
         op.update(param, grad, param, v, 1, 0.1)
@@ -150,7 +150,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     readonly.flags.writeable = False
     with pytest.raises(ValueError, match=r"^param: the output array is read-only"):
         op.update(readonly, grad, m, v, 1, 0.1)
-    with pytest.raises(TypeError, match=r"^grads\[1\]: the host backend computes in float32"):
+    with pytest.raises(TypeError, match=r"^grads\[1\]: the host backend stores float32, bfloat16 or float16"):
         op.global_norm([grad, f64(grad)])
     with pytest.raises(ValueError, match=r"^partials: expected 1 elements"):
         lib.global_norm_partials(np.zeros(2, np.float64), grad)

@@ -249,7 +249,7 @@ def test_arguments_are_checked_by_name(host_runtime):
         op.forward(qkv, 3)
     with pytest.raises(ValueError, match=r"^n_head: expected a positive integer"):
         op.forward(qkv, 0)
-    with pytest.raises(TypeError, match=r"^qkv: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^qkv: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(qkv.astype(np.float64), 2)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=r"^window: expected None or a positive integer"):

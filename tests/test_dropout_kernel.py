@@ -122,7 +122,7 @@ def test_arguments_are_checked_by_name(host_runtime):
         op.forward(x, 0.5, seed=-1)
     with pytest.raises(ValueError, match=r"^offset: expected an integer in \[0, 2\*\*64\)"):
         op.forward(x, 0.5, seed=0, offset=2**64)
-    with pytest.raises(TypeError, match=r"^x: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^x: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(x.astype(np.float64), 0.5, seed=0)
     with pytest.raises(ValueError, match=r"^offset: .* passes 2\*\*64"):
         lib.dropout_apply(np.empty_like(x), x, 5, 2.0, 0, 0, 2**64 - 8)

@@ -132,7 +132,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     status = np.zeros(1, np.int32)
     with pytest.raises(TypeError, match=r"^idx: expected an integer dtype, got float32"):
         op.forward(idx.astype(np.float32), wte, wpe)
-    with pytest.raises(TypeError, match=r"^wte: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^wte: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(idx, f64(wte), wpe)
     with pytest.raises(ValueError, match=r"^idx: expected 2 dimensions"):
         op.forward(idx[0], wte, wpe)

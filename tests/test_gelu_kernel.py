@@ -112,7 +112,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     x, dout = make_inputs((4, 8), 0)
     with pytest.raises(ValueError, match=r"^approximate: expected 'tanh' or 'none', got 'erf'"):
         op.forward(x, "erf")
-    with pytest.raises(TypeError, match=r"^x: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^x: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(x.astype(np.float64))
     with pytest.raises(ValueError, match=r"^approximate: expected"):
         lib.gelu_forward(np.empty_like(x), x, 7)

@@ -123,7 +123,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     op = REGISTRY["layernorm"](host_runtime)
     lib = host_runtime.lib
     x, weight, bias, _ = make_inputs((4, 8), 0)
-    with pytest.raises(TypeError, match=r"^x: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^x: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(x.astype(np.float64), weight, bias)
     with pytest.raises(ValueError, match=r"^weight: expected shape \(8,\), got \(7,\)"):
         op.forward(x, weight[:7], bias)

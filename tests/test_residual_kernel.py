@@ -68,7 +68,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     a, b = make_inputs((4, 8), 0)
     with pytest.raises(ValueError, match=r"^b: expected the shape of a \(4, 8\), got \(4, 7\)"):
         op.forward(a, b[:, :7].copy())
-    with pytest.raises(TypeError, match=r"^b: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^b: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(a, b.astype(np.float64))
     with pytest.raises(TypeError, match=r"^a: expected float32, got int32"):
         lib.residual_forward(np.empty_like(a), a.astype(np.int32), b)

@@ -126,7 +126,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     rt, lib = host_runtime, host_runtime.lib
     op = rt_op(rt)
     logits, targets = make_inputs((4,), 10, 0)
-    with pytest.raises(TypeError, match=r"^logits: the host backend computes in float32, got float64"):
+    with pytest.raises(TypeError, match=r"^logits: the host backend stores float32, bfloat16 or float16, got float64"):
         op.forward(f64(logits), targets)
     with pytest.raises(TypeError, match=r"^targets: expected an integer dtype, got float64"):
         op.forward(logits, f64(targets))

@@ -125,9 +125,20 @@ def backend_status(backend):
     return status
 
 
+def _storage_dtypes():
+    """The float dtypes the kernels store: float32, and the 16-bit storage of mixed precision
+    (ml_dtypes.bfloat16, numpy.float16). CuPy 14 holds ml_dtypes' bfloat16 too."""
+    import ml_dtypes
+    return (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+
+
 class Runtime:
     """What an op wrapper needs from its backend: the bound launchers (`lib`), the array module
-    (`xp`), the stream to launch on, and inputs as arrays of that module."""
+    (`xp`), the stream to launch on, and inputs as arrays of that module.
+
+    Storage: float32, bfloat16 (ml_dtypes) or float16 arrays. The bindings see bfloat16 as
+    uint16 bits (`bits`): its array-interface typestr '<V2' names no type, and a kernel
+    templated on its storage type reads DType::U16 as __nv_bfloat16 (core/half.h)."""
 
     def __init__(self, backend):
         status = backend_status(backend)
@@ -142,6 +153,11 @@ class Runtime:
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def bits(a):
+        """`a` as the bindings take it: bfloat16 viewed as its uint16 bits, others unchanged."""
+        return a.view(np.uint16) if a is not None and a.dtype.name == "bfloat16" else a
 
     def asarray(self, a):
         """A NumPy array (or anything array-like) as this backend's array (a copy to the GPU)."""
@@ -165,9 +181,9 @@ class Runtime:
             if not (isinstance(a, np.ndarray) or hasattr(a, "__array_interface__") or hasattr(a, "__array__")):
                 raise TypeError(f"{name}: expected an array, got {type(a).__name__}")
             a = np.asarray(a)
-        if a.dtype.kind == "f" and a.dtype != np.float32:
-            raise TypeError(f"{name}: the {self.backend} backend computes in float32, got {a.dtype} "
-                            "(build the model with dtype='float32')")
+        if (a.dtype.kind == "f" or a.dtype.name == "bfloat16") and a.dtype not in _storage_dtypes():
+            raise TypeError(f"{name}: the {self.backend} backend stores float32, bfloat16 or float16, "
+                            f"got {a.dtype} (build the model with dtype='float32')")
         return a
 
     def inputs(self, **arrays):
