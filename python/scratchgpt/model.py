@@ -14,6 +14,13 @@ mean and rstd, the inputs of the four linears (LN outputs, the attention output,
 output), the GELU input and its tanh, q, k, v and the attention probabilities (B*H*T*T; the reference
 materialises them, a fused kernel keeps only the log-sum-exp), and the dropout masks.
 Model-wide: the ids, the final hidden state, the logits and the per-row log-sum-exp.
+
+Precision (precision.py, docs/gradients/mixed_precision.md): with precision="bf16" or "fp16"
+`params` holds the fp32 master weights the optimizer updates, and the forward and backward
+read `params_lp`, their copy rounded to bfloat16 / float16 (refreshed by sync_lowp()). The
+backend's ops then store every activation and activation gradient in that type, computing in
+fp32 inside; backward() still returns fp32 parameter gradients. With "fp32" (the default)
+params_lp is params, and nothing is rounded.
 """
 import math
 import warnings
@@ -22,6 +29,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .ops import get_backend
+from .precision import check_precision, check_supported, master_dtype, storage_dtype, working_copy
 
 DTYPES = ("float64", "float32")
 
@@ -44,25 +52,42 @@ def init_params(cfg, seed=0):
 
 
 class GPT:
-    def __init__(self, cfg, backend="numpy", dtype="float64", seed=0):
+    def __init__(self, cfg, backend="numpy", dtype=None, seed=0, precision="fp32"):
+        """dtype: of the parameters (float64 by default, float32 on the kernels); with
+        precision bf16 / fp16 the parameters are the fp32 masters (dtype float32 or None)."""
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"cfg: expected a GPTConfig, got {type(cfg).__name__}")
+        dtype = master_dtype(check_precision(precision), dtype)
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
         if backend in ("host", "cuda") and dtype != "float32":
             raise ValueError(f"dtype: the {backend} kernels run in float32, got {dtype!r}")
         self.cfg = cfg
-        self.be = get_backend(backend)
         self.backend = backend
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(dtype)                # the parameters' (the masters')
         self.windows = cfg.layer_windows()
+        self._use_precision(precision)
         self.params = {k: self.be.xp.asarray(v.astype(self.dtype))
                        for k, v in init_params(cfg, seed).items()}
+        self.sync_lowp()
         self.training = True
         self.dropout_seed = seed        # dropout masks: Philox keyed by (seed, step, site)
         self.dropout_step = 0           # advanced by each training forward that drops
         self._caches = None
         self.hidden = None              # final hidden state [B, T, C] of the last forward
+
+    # ----------------------------------------------------------------------------- precision
+    def _use_precision(self, precision):
+        """The ops for `precision` (storing activations in bf16 / fp16, or not at all)."""
+        self.precision = check_precision(precision)
+        self.be = get_backend(self.backend, precision)
+        self.act_dtype = storage_dtype(precision) or self.dtype   # activations and their grads
+
+    def sync_lowp(self):
+        """Refresh params_lp, the weights the forward and backward read, from the masters:
+        after every optimizer step and load_params. For fp32 it is params itself."""
+        self.params_lp = None               # the old copy goes first: one copy at the peak
+        self.params_lp = working_copy(self.params, self.precision)
 
     # ----------------------------------------------------------------------------- helpers
     def train(self, mode=True):
@@ -73,10 +98,15 @@ class GPT:
         return self.train(False)
 
     @classmethod
-    def from_pretrained(cls, path, backend="numpy", dtype="float64"):
+    def from_pretrained(cls, path, backend="numpy", dtype=None, precision="fp32"):
         """A GPT from a Hugging Face GPT-2 / GPT-1 folder (config.json + model.safetensors)."""
         from .hf import from_pretrained
-        return from_pretrained(path, backend=backend, dtype=dtype)
+        check_supported(backend, precision)
+        model = from_pretrained(path, backend=backend, dtype=master_dtype(precision, dtype))
+        if precision != "fp32":
+            model._use_precision(precision)
+            model.sync_lowp()
+        return model
 
     def save_pretrained(self, path):
         """Write a Hugging Face GPT-2 (pre-LN) or GPT-1 (post-LN) folder."""
@@ -96,6 +126,7 @@ class GPT:
         self.params = {k: self.be.xp.asarray(np.asarray(v, dtype=self.dtype)
                                              if isinstance(v, np.ndarray) else v.astype(self.dtype))
                        for k, v in params.items()}
+        self.sync_lowp()
 
     def _dropping(self):
         return self.training and self.cfg.dropout > 0.0
@@ -127,7 +158,7 @@ class GPT:
     # ----------------------------------------------------------------------------- forward
     def forward(self, idx, targets=None):
         """idx int [B, T] -> (logits [B, T, V], mean loss or None). Targets of -1 are ignored."""
-        be, P, cfg = self.be, self.params, self.cfg
+        be, P, cfg = self.be, self.params_lp, self.cfg
         idx = self._check_idx(idx)
         if targets is not None:
             targets = self._to_device(targets)
@@ -149,7 +180,7 @@ class GPT:
         return logits, loss
 
     def _block_forward(self, i, x):
-        be, P, cfg, h = self.be, self.params, self.cfg, f"h.{i}."
+        be, P, cfg, h = self.be, self.params_lp, self.cfg, f"h.{i}."
         c = {}
 
         def ln(name, v):
@@ -182,8 +213,9 @@ class GPT:
     # ---------------------------------------------------------------------------- backward
     def backward(self, loss_weight=1.0, dhidden=None):
         """Gradients of loss_weight * loss (+ <dhidden, hidden> when dhidden is given, for a
-        head on the final hidden state) with respect to every parameter: a dict keyed as params.
-        Consumes the caches of the last forward."""
+        head on the final hidden state) with respect to every parameter: a dict keyed as params,
+        in the masters' dtype (fp32 under bf16 / fp16; the activation gradients between the ops
+        are of the storage type). Consumes the caches of the last forward."""
         be, P, cfg = self.be, self.params, self.cfg
         caches = self._caches
         if caches is None:
@@ -197,7 +229,7 @@ class GPT:
             dlogits = be.softmax_xent.backward(loss_weight, caches["xent"])
             dx, grads["wte.weight"], _ = be.linear.backward(dlogits, caches["lm_head"])
         if dhidden is not None:
-            dhidden = be.xp.asarray(dhidden, dtype=self.dtype)
+            dhidden = be.xp.asarray(dhidden, dtype=self.act_dtype)
             dx = dhidden if dx is None else be.residual.forward(dx, dhidden)[0]
         if cfg.ln_placement == "pre":
             dx, grads["ln_f.weight"], grads["ln_f.bias"] = be.layernorm.backward(dx, caches["ln_f"])
@@ -245,7 +277,7 @@ class GPT:
     def _forward_cached(self, idx, kv, t0):
         """Forward of new tokens idx [B, Tn] at positions t0.. given the per-layer key/value
         caches kv (lists of [B, H, S, D] arrays, extended in place). Returns last logits [B, V]."""
-        be, P, cfg, xp = self.be, self.params, self.cfg, self.be.xp
+        be, P, cfg, xp = self.be, self.params_lp, self.cfg, self.be.xp
         B, Tn = idx.shape
         H, D = cfg.n_head, cfg.head_dim
         pos_table = P["wpe.weight"][t0:t0 + Tn]

@@ -7,7 +7,9 @@
 
 `get_backend(name)` returns a Backend whose attributes are op modules with the reference's
 interface: `forward(...) -> (out, cache)`, `backward(dout, cache)`. The model is written once
-against this interface.
+against this interface. `get_backend(name, precision="bf16" | "fp16")` returns the same ops
+storing activations in bfloat16 / float16 (precision.storage_backend: the one place that
+wraps them, and that refuses the backends whose kernels are fp32 only).
 """
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -40,12 +42,13 @@ def reference_backend():
     return Backend("numpy", np, {op: getattr(reference, op) for op in reference.OPS})
 
 
-def get_backend(name):
-    if name == "numpy":
-        return reference_backend()
-    if name in ("host", "cuda"):
-        return kernel_backend(name)
-    raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+def get_backend(name, precision="fp32"):
+    from .precision import check_supported, storage_backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    check_supported(name, precision)
+    backend = reference_backend() if name == "numpy" else kernel_backend(name)
+    return storage_backend(backend, precision)
 
 
 def kernel_backend(name):
