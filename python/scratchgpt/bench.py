@@ -95,7 +95,8 @@ def run_cpu(args, budget, log):
     if _wants(args.only, END_TO_END):
         log(f"CPU: end to end, {args.preset} B={args.batch} T={args.seq}, {threads} threads")
         section[END_TO_END] = cpu.cpu_end_to_end(cfg, args.batch, args.seq, steps=args.steps,
-                                                 warmup=args.warmup, threads=threads)
+                                                 warmup=args.warmup, threads=threads,
+                                                 precision=args.precision)
         section[END_TO_END].update(preset=args.preset, threads_source=source)
         log("CPU: host executor, one nano step")
         section["host_executor"] = cpu.host_nano_step()
@@ -270,7 +271,8 @@ def check_memory(args, do_cpu, do_gpu):
     twins = 2 if importlib.util.find_spec("torch") is not None else 1
 
     def cpu_estimate(batch):
-        e = memory.training_estimate(cfg, batch, "numpy", "float32", seq=args.seq)
+        e = memory.training_estimate(cfg, batch, "numpy", "float32", seq=args.seq,
+                                     precision=args.precision)
         if twins > 1:
             e.parts["PyTorch twin"] = e.total
         e.parts["ceiling buffers"] = (2 * args.copy_mb + args.flush_mb) * memory.MiB + \
@@ -297,6 +299,9 @@ def run(args):
     if args.seq is None:
         args.seq = GPTConfig.preset(args.preset).block_size
     do_cpu, do_gpu = (args.cpu, args.gpu) if (args.cpu or args.gpu) else (True, True)
+    if do_gpu:                 # the GPU part runs the cuda kernels: fp32 until bf16 ones exist
+        from .precision import check_supported
+        check_supported("cuda", args.precision, f"--precision {args.precision} (the GPU part)")
     check_memory(args, do_cpu, do_gpu)
     budget = Budget(args.budget_s)
 
@@ -360,6 +365,9 @@ def register(sub):
                    help="stop starting new work after this many seconds")
     p.add_argument("--profile", action="store_true",
                    help="CPU: profile the NumPy training step (top functions by own time)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="CPU: the NumPy training step in this precision (bf16 / fp16 storage, "
+                   "fp32 masters); the GPU part runs fp32 only until its bf16 kernels exist")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 

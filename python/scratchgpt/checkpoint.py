@@ -1,11 +1,13 @@
 """Training checkpoints: one folder per saved step, written atomically.
 
     RUN/ckpt_000500/
-        model.safetensors       the parameters, in the model's dtype
+        model.safetensors       the parameters, in the model's dtype (under bf16 / fp16: the
+                                fp32 masters; the low-precision copy is derived from them)
         optimizer.safetensors   AdamW's moments ("m.NAME", "v.NAME")
         config.json             the GPTConfig
-        state.json              step, optimizer hyper-parameters and step count, dropout RNG
-                                state, data sampler RNG state, training arguments, losses
+        state.json              step, precision, optimizer hyper-parameters and step count,
+                                dropout RNG state, data sampler RNG state, training
+                                arguments, losses (fp16: the loss scaler's state)
         tokenizer.json | chars.json   the tokenizer, so the folder samples on its own
 
 A checkpoint is assembled in a hidden temporary folder and renamed into place in one step,
@@ -106,8 +108,8 @@ def _write_checkpoint(folder, step, model, optimizer, state, tokenizer):
     from safetensors.numpy import save_file
     save_file(_to_numpy(model, model.params), os.path.join(folder, MODEL_FILE))
     state = dict(state or {})
-    state.update(step=int(step), dtype=model.dtype.name, dropout_seed=int(model.dropout_seed),
-                 dropout_step=int(model.dropout_step))
+    state.update(step=int(step), dtype=model.dtype.name, precision=model.precision,
+                 dropout_seed=int(model.dropout_seed), dropout_step=int(model.dropout_step))
     if optimizer is not None:
         opt = optimizer.state_dict()
         moments = {f"m.{k}": v for k, v in opt["m"].items()}
@@ -265,14 +267,16 @@ def read_tensors(path, what=WRITTEN_BY):
         raise BadFileError(f"not a readable safetensors file: {e}", path, what) from None
 
 
-def load_model(path, backend="numpy", dtype=None):
+def load_model(path, backend="numpy", dtype=None, precision=None):
     """(model, state, tokenizer or None, folder) from a checkpoint or run folder, or from a
-    Hugging Face GPT-2 / GPT-1 folder (state is then empty)."""
+    Hugging Face GPT-2 / GPT-1 folder (state is then empty). precision: the checkpoint's
+    (fp32 when it names none) unless given; bf16 / fp16 load the weights as fp32 masters."""
     from .model import GPT
     from .tokenizer import find_tokenizer_files, load_tokenizer
     path = os.path.expanduser(os.fspath(path))
     if is_hf_folder(path):
-        model = GPT.from_pretrained(path, backend=backend, dtype=dtype or "float32")
+        model = GPT.from_pretrained(path, backend=backend, dtype=dtype or "float32",
+                                    precision=precision or "fp32")
         ckpt, state = path, {}
     else:
         ckpt = find_checkpoint(path)
@@ -280,7 +284,10 @@ def load_model(path, backend="numpy", dtype=None):
         cfg = read_config(ckpt)
         weights = os.path.join(ckpt, MODEL_FILE)
         check_tensor_file(weights)          # before the model is built: a bad file fails fast
-        model = GPT(cfg, backend=backend, dtype=dtype or state.get("dtype", "float32"))
+        precision = precision or state.get("precision", "fp32")
+        if dtype is None:
+            dtype = state.get("dtype", "float32") if precision == "fp32" else "float32"
+        model = GPT(cfg, backend=backend, dtype=dtype, precision=precision)
         tensors = read_tensors(weights)
         try:
             model.load_params(tensors)

@@ -36,7 +36,9 @@ from .cli import ArgumentParser, nonneg_float, nonneg_int, open_fraction, positi
 from .data import TEXT_SUFFIXES, read_text
 from .errors import BadFileError, MissingFileError, UsageError
 from .optim import AdamW
-from .train import build_config, log, parse_args as parse_train_args, resolve_backend, train
+from .precision import MixedPrecision, check_supported
+from .train import (add_precision_arguments, build_config, log, parse_args as parse_train_args,
+                    resolve_backend, train)
 
 TSV = "text<TAB>label lines, UTF-8"
 
@@ -130,10 +132,11 @@ class ClassifierHead:
         loss, self._xent = self.be.softmax_xent.forward(logits, xp.asarray(labels))
         return logits, loss
 
-    def backward(self):
-        """(dhidden [B, T, C] for GPT.backward, grads of the head's parameters)."""
+    def backward(self, loss_weight=1.0):
+        """(dhidden [B, T, C] for GPT.backward, grads of the head's parameters) of
+        loss_weight * the classification loss (the fp16 loss scale)."""
         xp = self.be.xp
-        dlogits = self.be.softmax_xent.backward(1.0, self._xent)
+        dlogits = self.be.softmax_xent.backward(loss_weight, self._xent)
         dh, dw, db = self.be.linear.backward(dlogits, self._lin)
         dhidden = xp.zeros(self._shape, dtype=dh.dtype)
         dhidden[xp.arange(self._shape[0]), xp.asarray(self._last)] = dh
@@ -238,7 +241,8 @@ def pretrain_args(args):
             "--n-embd", str(args.n_embd),
             "--max-steps", str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
             "--max-corpus-mb", str(args.corpus_mb), "--out", os.path.join(args.out, "pretrain"),
-            "--backend", args.backend, "--seed", str(args.seed), "--eval-interval",
+            "--backend", args.backend, "--precision", args.precision,
+            "--seed", str(args.seed), "--eval-interval",
             str(max(1, args.pretrain_steps // 4)), "--ckpt-interval", str(args.pretrain_steps)]
     if args.block_size:
         argv += ["--block-size", str(args.block_size)]
@@ -275,7 +279,7 @@ def check_memory(args, backend):
     model = f"--ckpt {args.ckpt}" if args.ckpt else f"--preset {args.preset}"
 
     def estimate(batch):
-        return memory.training_estimate(cfg, batch, backend, "float32")
+        return memory.training_estimate(cfg, batch, backend, "float32", precision=args.precision)
     memory.check(estimate(args.batch_size), f"{model} --batch-size {args.batch_size} on {backend}",
                  make_estimate=estimate, batch_size=args.batch_size)
 
@@ -292,6 +296,7 @@ def finetune(args):
         raise BadFileError(f"{len(texts)} examples leave none to train on", f"--data {args.data}",
                            "more examples, or a smaller --test-fraction")
     backend = resolve_backend(args.backend)
+    check_supported(backend, args.precision, f"--precision {args.precision} --backend {backend}")
     check_memory(args, backend)
     y = np.array([classes.index(lab) for lab in raw_labels])
     log(args, f"data: {len(texts)} examples, {len(classes)} classes; {len(tr)} train / "
@@ -301,7 +306,7 @@ def finetune(args):
     log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
 
     ckpt = args.ckpt or pretrained_checkpoint(args, [texts[i] for i in tr])
-    model, _, tok, ckpt = load_model(ckpt, backend=backend)
+    model, _, tok, ckpt = load_model(ckpt, backend=backend, precision=args.precision)
     if tok is None:
         raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {ckpt}",
                          "a checkpoint written by scratchgpt train, or a Hugging Face folder "
@@ -313,6 +318,7 @@ def finetune(args):
     head = ClassifierHead(len(classes), model.cfg.n_embd, model.be, model.dtype, args.seed)
     params = {**model.params, **head.params}         # the same arrays: updated in place
     opt = AdamW(params, model.be, lr=args.lr, weight_decay=args.weight_decay)
+    mp = MixedPrecision(model, opt, growth_interval=args.loss_scale_interval)
     rng = np.random.default_rng(args.seed)
     steps_per_epoch = -(-len(tr) // args.batch_size)
     total = steps_per_epoch * args.epochs
@@ -329,13 +335,14 @@ def finetune(args):
             idx, targets, last = make_batch([seqs[r] for r in rows], pad_id)
             _, lm_loss = model.forward(idx, targets if args.lm_weight > 0 else None)
             _, cls_loss = head.forward(model.hidden, last, y[rows])
-            dhidden, head_grads = head.backward()
-            grads = model.backward(loss_weight=args.lm_weight, dhidden=dhidden)
+            # the head's loss and the LM loss, both times the loss scale (fp16; else 1)
+            dhidden, head_grads = head.backward(loss_weight=mp.loss_scale)
+            grads = model.backward(loss_weight=args.lm_weight * mp.loss_scale, dhidden=dhidden)
             grads.update(head_grads)
             # linear warmup, then linear decay to zero (GPT-1's fine-tuning schedule)
             decay = max(0.0, (total - step) / max(1, total - warmup))
             lr = args.lr * min((step + 1) / warmup, decay)
-            opt.step(grads, lr=lr, max_grad_norm=1.0)
+            mp.step(grads, lr=lr, max_grad_norm=1.0)      # unscale, skip or step, refresh
             step += 1
             loss = float(cls_loss) + args.lm_weight * (float(lm_loss) if lm_loss is not None else 0)
             bar.set_postfix(loss=f"{loss:.3f}", cls=f"{float(cls_loss):.3f}")
@@ -352,6 +359,8 @@ def finetune(args):
     save_file({k: np.ascontiguousarray(model.be.asnumpy(v)) for k, v in head.params.items()},
               os.path.join(out, HEAD))
     return {"accuracy": history[-1], "baseline_accuracy": base, "accuracy_per_epoch": history,
+            "precision": model.precision, "skipped_steps": mp.skipped_steps,
+            "loss_scale": mp.loss_scale,
             "classes": classes, "n_train": int(len(tr)), "n_test": int(len(te)),
             "epochs": args.epochs, "lm_weight": args.lm_weight, "pretrained_from": ckpt,
             "checkpoint": out, "seconds": time.time() - t_start}
@@ -383,6 +392,7 @@ def add_arguments(p):
     p.add_argument("--test-fraction", type=open_fraction, default=0.2, help="held-out share")
     p.add_argument("--seed", type=nonneg_int, default=1337)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
+    add_precision_arguments(p)
     p.add_argument("--out", default="runs/finetune")
     g = p.add_argument_group("pretraining (without --ckpt)")
     g.add_argument("--preset", default="mini", choices=sorted(PRESETS), metavar="PRESET",

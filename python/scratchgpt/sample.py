@@ -2,6 +2,7 @@
 
     scratchgpt sample --ckpt runs/mini --prompt "def " --max-new-tokens 200
     scratchgpt sample --ckpt path/to/gpt2 --prompt "Hello" --temperature 0     # greedy
+    scratchgpt sample --ckpt runs/mini --precision bf16   # the forward in bf16 storage
 
 Generation keeps each layer's keys and values (a KV cache), so every new token runs one
 position through the model instead of the whole prefix. A prompt longer than the context
@@ -20,7 +21,8 @@ from . import memory
 from .checkpoint import load_model, model_config
 from .cli import nonneg_float, nonneg_int, positive_int, top_p_type
 from .errors import UsageError
-from .train import resolve_backend
+from .precision import check_supported
+from .train import add_precision_arguments, resolve_backend
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top_k=None,
@@ -42,13 +44,14 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
     return [tokenizer.decode(row[len(ids):]) for row in out]
 
 
-def check_memory(cfg, args, backend, dtype="float32"):
+def check_memory(cfg, args, backend, dtype="float32", precision="fp32"):
     """Refuse before loading when the weights, the KV cache and generation's temporaries do
     not fit (the prompt is counted as one token per byte, an upper bound)."""
     prompt = len(args.prompt.encode("utf-8"))
 
     def estimate(n):
-        return memory.sampling_estimate(cfg, n, prompt, args.max_new_tokens, backend, dtype)
+        return memory.sampling_estimate(cfg, n, prompt, args.max_new_tokens, backend, dtype,
+                                        precision=precision)
     memory.check(estimate(args.num_samples), f"--ckpt {args.ckpt} --num-samples "
                  f"{args.num_samples} on {backend}", make_estimate=estimate,
                  batch_size=args.num_samples, batch_flag="--num-samples")
@@ -57,9 +60,10 @@ def check_memory(cfg, args, backend, dtype="float32"):
 def run(args):
     from .tokenizer import load_tokenizer
     backend = resolve_backend(args.backend)
-    check_memory(model_config(args.ckpt), args, backend)
+    check_supported(backend, args.precision, f"--precision {args.precision} --backend {backend}")
+    check_memory(model_config(args.ckpt), args, backend, precision=args.precision)
     extra_tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    model, _, tok, path = load_model(args.ckpt, backend=backend)
+    model, _, tok, path = load_model(args.ckpt, backend=backend, precision=args.precision)
     tok = extra_tok or tok
     if tok is None:
         raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {path}",
@@ -103,6 +107,7 @@ def register(sub):
     p.add_argument("--tokenizer", help="tokenizer path when the checkpoint holds none "
                    "(e.g. GPT-2's folder with vocab.json + merges.txt)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
+    add_precision_arguments(p, scaler=False)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
     return p

@@ -4,11 +4,16 @@ gradient accumulation, periodic validation and atomic checkpoints.
     scratchgpt train --preset mini                       # the default corpus (Python's stdlib)
     scratchgpt train --data input.txt --out runs/shakespeare --max-steps 2000
     scratchgpt train --resume runs/shakespeare --max-steps 4000
+    scratchgpt train --precision bf16                    # bf16 storage, fp32 masters
 
 Everything a run needs to continue is in its checkpoints (weights, AdamW moments and step,
 the data sampler's and dropout's RNG state), so N steps in one go and N/2 + --resume + N/2
 give bit-identical weights on the same backend. The learning-rate schedule runs over
 --lr-decay-steps (default: --max-steps of the first run), fixed when the run starts.
+
+--precision bf16 | fp16 stores weights and activations in bfloat16 / float16 and keeps fp32
+master weights (precision.py); fp16 adds a dynamic loss scale, whose skipped steps and scale
+are logged. All of it enters the loop at one point, MixedPrecision (its backward and step).
 
 Before anything is allocated the run's memory is estimated (memory.py) and a run that does not
 fit is refused with the estimate. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes
@@ -37,6 +42,7 @@ from .data import (BatchSampler, default_corpus_files, is_shard, load_split, pre
 from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
 from .model import GPT
 from .optim import AdamW
+from .precision import PRECISIONS, LossScaleUnderflow, MixedPrecision, check_supported
 from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
 SIZE_FLAGS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout")
@@ -106,6 +112,7 @@ def add_arguments(p):
     p.add_argument("--val-fraction", type=open_fraction, default=0.1)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    add_precision_arguments(p)
     p.add_argument("--max-steps", type=positive_int, default=300)
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=positive_int, default=1,
@@ -131,6 +138,24 @@ def add_arguments(p):
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+
+
+def add_precision_arguments(p, scaler=True):
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default), or bf16 / fp16: weights and activations stored in "
+                   "bfloat16 / float16 with fp32 master weights, accumulation, statistics, loss "
+                   "and optimizer; fp16 adds dynamic loss scaling")
+    if scaler:
+        p.add_argument("--loss-scale-interval", type=positive_int, default=2000,
+                       help="fp16: good steps before the loss scale doubles (default 2000)")
+
+
+def check_precision_args(args, backend):
+    """bf16 / fp16 keep float32 masters and run where their kernels are (precision.py)."""
+    if args.precision != "fp32" and args.dtype != "float32":
+        raise UsageError(f"precision {args.precision} keeps float32 master weights",
+                         f"--dtype {args.dtype}", "--dtype float32, or --precision fp32")
+    check_supported(backend, args.precision, f"--precision {args.precision} --backend {backend}")
 
 
 def parse_args(argv):
@@ -319,6 +344,13 @@ def _restore_args(args, argv_defaults):
                              f"{k}={getattr(cfg, k)}", f"--resume {args.resume}",
                              "no size flags with --resume (the run keeps its model), or a "
                              "new run with another --out")
+    given_precision = getattr(args, "precision", None)
+    if given_precision not in (None, argv_defaults.get("precision"),
+                               saved.get("precision", "fp32")):
+        raise UsageError(f"--precision {given_precision} differs from the run's precision "
+                         f"{saved.get('precision', 'fp32')}", f"--resume {args.resume}",
+                         "no --precision with --resume (the run keeps its precision), or a "
+                         "new run with another --out")
     given_preset = getattr(args, "preset", None)
     if given_preset not in (None, argv_defaults.get("preset"), saved.get("preset")):
         raise UsageError(f"--preset {given_preset} differs from the run's preset "
@@ -334,7 +366,8 @@ def _restore_args(args, argv_defaults):
 def check_memory(args, cfg, backend):
     """Refuse a run whose estimated peak memory does not fit here (memory.check)."""
     def estimate(cfg_, batch):
-        return memory.training_estimate(cfg_, batch, backend, args.dtype, args.grad_accum)
+        return memory.training_estimate(cfg_, batch, backend, args.dtype, args.grad_accum,
+                                        precision=args.precision)
     memory.check(estimate(cfg, args.batch_size),
                  f"--preset {args.preset} --batch-size {args.batch_size} on {backend}",
                  make_estimate=lambda b: estimate(cfg, b), batch_size=args.batch_size,
@@ -371,17 +404,20 @@ class StopOnSignal:
 
 
 # ------------------------------------------------------------------------------ training
-def train_step(model, opt, sampler, args, lr):
-    """One optimizer step over grad_accum micro-batches: (mean loss, gradient norm). The
-    gradients live only here, so the next step's forward starts without them."""
+def train_step(model, mp, sampler, args, lr):
+    """One optimizer step over grad_accum micro-batches: (mean loss, gradient norm or None,
+    skipped). Precision enters here and only here: mp.backward scales the loss gradient (fp16),
+    mp.step unscales, skips a step whose gradients are not finite (fp16), or steps the fp32
+    masters and refreshes the model's bf16 / fp16 copy. The gradients live only here, so the
+    next step's forward starts without them."""
     loss_sum, grads = 0.0, None
     for _ in range(args.grad_accum):
         x, y = sampler.next_batch()
         _, loss = model.forward(x, y)
         loss = float(loss)
         if not math.isfinite(loss):
-            return loss, None
-        g = model.backward(loss_weight=1.0 / args.grad_accum)
+            return loss, None, False
+        g = mp.backward(loss_weight=1.0 / args.grad_accum)
         if grads is None:
             grads = g
         else:
@@ -389,8 +425,8 @@ def train_step(model, opt, sampler, args, lr):
                 grads[k] += g[k]
         del g
         loss_sum += loss / args.grad_accum
-    norm = opt.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
-    return loss_sum, float(norm)
+    norm, skipped = mp.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
+    return loss_sum, None if norm is None else float(norm), skipped
 
 
 def train(args, extra_docs=()):
@@ -408,10 +444,13 @@ def train(args, extra_docs=()):
         if getattr(args, name) < 1:
             raise UsageError(f"{getattr(args, name)} is not positive",
                              f"--{name.replace('_', '-')}", "an integer >= 1")
+    args.precision = getattr(args, "precision", "fp32")
+    args.loss_scale_interval = getattr(args, "loss_scale_interval", 2000)
     backend = resolve_backend(args.backend)
     if backend in ("host", "cuda") and args.dtype != "float32":
         raise UsageError(f"the {backend} kernels run in float32", f"--dtype {args.dtype}",
                          "--dtype float32, or --backend numpy")
+    check_precision_args(args, backend)
     out = args.out
 
     # memory first: a run that cannot fit is refused before any data is read or written
@@ -444,21 +483,24 @@ def train(args, extra_docs=()):
     sampler = BatchSampler(train_tokens, args.batch_size, cfg.block_size, seed=args.seed)
 
     if ckpt is not None:
-        model, state, ckpt_tok, _ = load_model(ckpt, backend=backend)
+        model, state, ckpt_tok, _ = load_model(ckpt, backend=backend, precision=args.precision)
         tok = ckpt_tok or tok
     else:
-        model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed)
+        model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed,
+                    precision=args.precision)
         state = {"step": 0}
     opt = AdamW(model.params, model.be, lr=args.lr, betas=(args.beta1, args.beta2),
                 weight_decay=args.weight_decay)
+    mp = MixedPrecision(model, opt, growth_interval=args.loss_scale_interval)
     if ckpt is not None:
         load_optimizer(ckpt, opt, state)
+        mp.load_state_dict(state)
         sampler.load_state_dict(state["data_rng"])
     start = int(state["step"])
     history_path = os.path.join(out, "log.jsonl")
     history = read_history(history_path, start) if ckpt is not None else []
     log(args, f"model: {cfg.num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_embd} wide, "
-        f"context {cfg.block_size}, vocab {cfg.vocab_size}); backend {backend} {model.dtype.name}; "
+        f"context {cfg.block_size}, vocab {cfg.vocab_size}); backend {backend} {describe(model)}; "
         f"{len(train_tokens):,} train / {len(val_tokens):,} val tokens"
         + (f"; resuming at step {start}" if ckpt is not None else ""))
 
@@ -467,7 +509,8 @@ def train(args, extra_docs=()):
     def checkpoint(step):
         saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "_defaults")}
         run_state = {"args": saved_args, "data_rng": sampler.state_dict(),
-                     "train_loss": history[-1].get("loss") if history else None}
+                     "train_loss": history[-1].get("loss") if history else None,
+                     **mp.state_dict()}
         path = save_checkpoint(out, step, model, opt, run_state, tok, keep=args.keep)
         saved["step"] = step
         write_history(history_path, history)
@@ -487,13 +530,16 @@ def train(args, extra_docs=()):
             for step in range(start, args.max_steps):
                 t0 = time.perf_counter()
                 lr = lr_at(step, args)
-                loss_sum, norm = train_step(model, opt, sampler, args, lr)
-                if norm is None or not math.isfinite(norm):
+                loss_sum, norm, skipped = train_step(model, mp, sampler, args, lr)
+                if not skipped and (norm is None or not math.isfinite(norm)):
                     raise _NonFinite(step)         # a non-finite loss, or update just applied
                 step_time += time.perf_counter() - t0
                 steps_timed += 1
                 first_loss = loss_sum if first_loss is None else first_loss
                 row = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm}
+                if mp.scaler is not None:          # fp16: the scale the next step uses
+                    row.update(loss_scale=mp.loss_scale, skipped=skipped,
+                               skipped_steps=mp.skipped_steps)
                 if (step + 1) % args.eval_interval == 0 or step + 1 == args.max_steps:
                     val_loss = evaluate(model, val_tokens, args, args.batch_size)
                     row["val_loss"] = val_loss
@@ -501,7 +547,9 @@ def train(args, extra_docs=()):
                               f"{val_loss:.4f}", file=sys.stderr if args.json else sys.stdout)
                 history.append(row)
                 bar.set_postfix(loss=f"{loss_sum:.3f}",
-                                tok_s=f"{tokens_per_step * steps_timed / step_time:.0f}")
+                                tok_s=f"{tokens_per_step * steps_timed / step_time:.0f}",
+                                **({"scale": f"{mp.loss_scale:g}", "skipped": mp.skipped_steps}
+                                   if mp.scaler is not None else {}))
                 bar.update(1)
                 if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
                     checkpoint(step + 1)
@@ -513,12 +561,14 @@ def train(args, extra_docs=()):
                                       f"{step + 1} of {args.max_steps}; checkpoint written",
                                       path, f"continue with: scratchgpt train --resume {out}",
                                       signum=stop.signum)
-        except _NonFinite as e:
+        except (_NonFinite, LossScaleUnderflow) as e:
             bar.close()
             kept = list_checkpoints(out)
+            at = (f"the fp16 gradients stay non-finite ({e}) at step {step + 1}"
+                  if isinstance(e, LossScaleUnderflow) else
+                  f"the loss or gradient is not finite (NaN or Inf) at step {e.args[0] + 1}")
             raise TrainingDiverged(
-                f"training stopped: the loss or gradient is not finite (NaN or Inf) at step "
-                f"{e.args[0] + 1}", f"--lr {args.lr} --warmup-steps "
+                f"training stopped: {at}", f"--lr {args.lr} --warmup-steps "
                 f"{args.warmup_steps}", "a lower --lr or more --warmup-steps; the last good "
                 f"checkpoint is {kept[-1] if kept else 'none (no checkpoint was written yet)'}"
             ) from None
@@ -530,8 +580,16 @@ def train(args, extra_docs=()):
             "final_val_loss": val_loss,
             "tokens_per_s": tokens_per_step * steps_timed / step_time if step_time else None,
             "steps": args.max_steps, "steps_run": steps_timed, "params": cfg.num_params(),
-            "backend": backend, "dtype": model.dtype.name, "out": out,
+            "backend": backend, "dtype": model.dtype.name, "precision": model.precision,
+            "skipped_steps": mp.skipped_steps, "loss_scale": mp.loss_scale, "out": out,
             "checkpoint": list_checkpoints(out)[-1] if list_checkpoints(out) else None}
+
+
+def describe(model):
+    """'float32', or 'bf16 (float32 masters)'."""
+    if model.precision == "fp32":
+        return model.dtype.name
+    return f"{model.precision} ({model.dtype.name} masters)"
 
 
 def run(args):
@@ -539,6 +597,9 @@ def run(args):
     msg = (f"done: {summary['steps']} steps, val loss {summary['final_val_loss']:.4f}, "
            f"{summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else
            f"done: nothing to run (the run is at step {summary['steps']})")
+    if summary["precision"] == "fp16":
+        msg += (f"; fp16 loss scale {summary['loss_scale']:g}, {summary['skipped_steps']} "
+                f"skipped steps")
     log(args, msg + f"; checkpoint {summary['checkpoint']}, loss curve "
         f"{os.path.join(summary['out'], 'loss.png')}")
     if args.json:

@@ -62,10 +62,14 @@ def batches(cfg, batch, seq, n, seed=0):
 
 
 def numpy_step(model, opt):
-    """One training step of our model: forward, hand-written backward, clipped AdamW."""
+    """One training step of our model: forward, hand-written backward, clipped AdamW (through
+    MixedPrecision: the loss scale and the working copy's refresh under bf16 / fp16)."""
+    from ..precision import MixedPrecision
+    mp = MixedPrecision(model, opt)
+
     def step(x, y):
         _, loss = model.forward(x, y)
-        opt.step(model.backward(), max_grad_norm=MAX_GRAD_NORM)
+        mp.step(mp.backward(), max_grad_norm=MAX_GRAD_NORM)
         return float(loss)
     return step
 
@@ -103,18 +107,21 @@ def torch_cpu_model(torch, cfg, params, dtype):
     return model, make_adamw(model, **ADAMW)
 
 
-def cpu_end_to_end(cfg, batch, seq, steps=10, warmup=2, dtype="float32", threads=None, seed=0):
+def cpu_end_to_end(cfg, batch, seq, steps=10, warmup=2, dtype="float32", threads=None, seed=0,
+                   precision="fp32"):
     """Training tokens/s of the NumPy model and of the same model in PyTorch CPU (eager), from
-    the same weights on the same batches, with torch held to NumPy's BLAS thread count."""
+    the same weights on the same batches, with torch held to NumPy's BLAS thread count. The
+    NumPy model runs in `precision` (the PyTorch twin in fp32)."""
     if seq > cfg.block_size:
         raise ValueError(f"seq: {seq} exceeds the preset's block_size {cfg.block_size}")
     n_threads, source = (threads, "argument") if threads else blas_threads()
     data = batches(cfg, batch, seq, warmup + steps, seed)
     out = {"model": {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size")},
            "params": cfg.num_params(), "batch": batch, "seq": seq, "dtype": dtype, "steps": steps,
-           "warmup": warmup, "threads": n_threads, "threads_source": source}
+           "warmup": warmup, "threads": n_threads, "threads_source": source,
+           "precision": precision}
 
-    model = GPT(cfg, backend="numpy", dtype=dtype, seed=seed)
+    model = GPT(cfg, backend="numpy", dtype=dtype, seed=seed, precision=precision)
     init = {k: v.copy() for k, v in model.params.items()}
     opt = AdamW(model.params, model.be, **ADAMW)
     ms, loss = time_steps(numpy_step(model, opt), data, warmup)
