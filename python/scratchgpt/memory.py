@@ -17,7 +17,14 @@ every gradient are alive at once):
                         the split-K workspaces of the matmul kernels)
 
 and the model is built from float64 initial values (8 N bytes) before they are cast to the
-model's dtype. `scratchgpt info --preset NAME --batch-size B` prints these numbers;
+model's dtype.
+
+With --precision bf16 / fp16 (precision.py) the parameters, gradients and moments are fp32
+(the masters) and a working copy of the weights in the 2-byte storage type is added (2 N);
+the activations a forward keeps are 2-byte, except the fp32 statistics (layer-norm mean and
+rstd, the attention probabilities or log-sum-exp, the loss's log-sum-exp), and GELU's gate
+is recomputed in the backward instead of kept. Inside each op the reference widens its
+inputs to fp32, so the working memory is mostly fp32 temporaries. `scratchgpt info --preset NAME --batch-size B` prints these numbers;
 tests/test_memory.py checks them against the peak that tracemalloc measures (within 25 %).
 
 Generation holds the parameters, the KV cache (2 * n_layer * B * T * C numbers) and one
@@ -82,6 +89,15 @@ def _itemsize(dtype):
     return {"float32": 4, "float64": 8}[str(dtype)]
 
 
+def _low(precision):
+    return precision in ("bf16", "fp16")
+
+
+def _act_size(dtype, precision):
+    """Bytes of one stored activation: 2 under bf16 / fp16, else the model's dtype."""
+    return 2 if _low(precision) else _itemsize(dtype)
+
+
 def _kernels(backend):
     return backend in ("host", "cuda")
 
@@ -107,33 +123,46 @@ def _largest_tensor(cfg):
     return max(math.prod(s) for s in cfg.param_shapes().values())
 
 
-def activation_bytes(cfg, batch, seq, backend="numpy", dtype="float32", training=True):
-    """Bytes a forward keeps for its backward (the caches of every op) at [batch, seq]."""
-    s = _itemsize(dtype)
+def activation_bytes(cfg, batch, seq, backend="numpy", dtype="float32", training=True,
+                     precision="fp32"):
+    """Bytes a forward keeps for its backward (the caches of every op) at [batch, seq]:
+    `stored` numbers of the activation type (2 bytes under bf16 / fp16) and `stats` numbers
+    that stay in the model's dtype (fp32 under bf16 / fp16)."""
+    s, a = _itemsize(dtype), _act_size(dtype, precision)
     E, C, H, V, L = batch * seq, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer
     scores = batch * H * seq * seq
-    per_layer = 4 * E                                   # two layer norms' mean and rstd
+    stats = 4 * E                                       # two layer norms' mean and rstd
     if _kernels(backend):
-        per_layer += 16 * E * C + batch * H * seq       # + the log-sum-exp of flash attention
+        stored = 16 * E * C
+        stats += batch * H * seq                        # the log-sum-exp of flash attention
         if _attention_materialized(backend):
-            per_layer += scores
-    else:
-        per_layer += (20 if cfg.gelu == "tanh" else 16) * E * C + scores  # tanh keeps its gate
-    floats = L * per_layer + E * C + E * V + E          # embedding out, logits, per-row lse
+            stats += scores
+    else:                                               # tanh keeps its gate (fp32 only)
+        stored = (20 if cfg.gelu == "tanh" and not _low(precision) else 16) * E * C
+        stats += scores                                 # the attention probabilities
+    stored, stats = L * stored + E * C + E * V, L * stats + E   # + lm_head input, logits, lse
     if cfg.ln_placement == "pre":
-        floats += E * C + 2 * E                         # final layer norm
+        stored, stats = stored + E * C, stats + 2 * E  # final layer norm
     masks = 0
     if training and cfg.dropout > 0 and not _kernels(backend):
         masks = (2 * L + 1) * E * C                     # boolean keep masks (the kernels regenerate)
     ints = 4 * E * INT64                                # ids, targets and their contiguous copies
-    return floats * s + masks + ints
+    return stored * a + stats * s + masks + ints
 
 
-def _backward_working_bytes(cfg, batch, seq, backend, dtype):
+def _backward_working_bytes(cfg, batch, seq, backend, dtype, precision="fp32"):
     """The largest temporaries of a backward beyond the caches and the gradients."""
     s = _itemsize(dtype)
     E, C, H, V = batch * seq, cfg.n_embd, cfg.n_head, cfg.vocab_size
     scores = batch * H * seq * seq
+    if _low(precision) and not _kernels(backend):
+        # the reference widens each op's inputs to fp32 and rounds its outputs (precision.py);
+        # dlogits (2 bytes) is held for the whole backward
+        xent = 3 * E * V * 4                            # widened logits, z - lse, exp
+        head = (E * V + 2 * V * C + 3 * E * C) * 4      # widened dlogits and wte, dx, dwte
+        attn = (2 * scores + 10 * E * C) * 4            # dP, dP * P; q, k, v, dy, dq/dk/dv
+        mlp = 20 * E * C * 4 + 8 * E * C * 2            # GELU recomputed: x, gate, out, du, grad
+        return max(xent, E * V * 2 + max(head, attn, mlp))
     dlogits = E * V                                     # held for the whole backward
     if _kernels(backend):
         attn = 4 * E * C + batch * H * seq + (scores if _attention_materialized(backend) else 0)
@@ -149,11 +178,13 @@ def _backward_working_bytes(cfg, batch, seq, backend, dtype):
     return max(xent, dlogits + max(attn, mlp)) * s
 
 
-def _forward_working_bytes(cfg, batch, seq, backend, dtype):
+def _forward_working_bytes(cfg, batch, seq, backend, dtype, precision="fp32"):
     s = _itemsize(dtype)
     E, V = batch * seq, cfg.vocab_size
     if _kernels(backend):
         return 3 * E * 4                                # the loss kernel's row statistics
+    if _low(precision):                                 # the loss widens its logits to fp32
+        return 3 * E * V * 4 + 9 * seq * seq
     return 2 * E * V * s + 9 * seq * seq                # exp(z - max) and its argument; the mask
 
 
@@ -164,23 +195,29 @@ def _build_bytes(cfg, dtype):
 
 
 def training_estimate(cfg, batch_size, backend="numpy", dtype="float32", grad_accum=1,
-                      seq=None):
+                      seq=None, precision="fp32"):
     """The peak memory of training cfg with micro-batches of batch_size x seq tokens (seq
-    defaults to block_size) and AdamW."""
+    defaults to block_size) and AdamW; bf16 / fp16 add the 2-byte working copy of the weights
+    and store 2-byte activations (the masters, gradients and moments stay fp32)."""
+    if _low(precision):
+        dtype = "float32"                               # the masters
     s = _itemsize(dtype)
     seq = seq or cfg.block_size
     n = cfg.num_params()
     P, M = n * s, 2 * n * s
     G = n * s * (2 if grad_accum > 1 else 1)
-    A = activation_bytes(cfg, batch_size, seq, backend, dtype)
+    A = activation_bytes(cfg, batch_size, seq, backend, dtype, precision=precision)
     big = _largest_tensor(cfg)
+    copy = {"working copy (2-byte)": 2 * n} if _low(precision) else {}
     phases = {
-        "backward": {"parameters": P, "AdamW moments": M, "gradients": G, "activations": A,
-                     "working memory": _backward_working_bytes(cfg, batch_size, seq, backend, dtype)},
-        "forward": {"parameters": P, "AdamW moments": M, "activations": A,
-                    "working memory": _forward_working_bytes(cfg, batch_size, seq, backend, dtype)},
+        "backward": {"parameters": P, **copy, "AdamW moments": M, "gradients": G,
+                     "activations": A, "working memory": _backward_working_bytes(
+                         cfg, batch_size, seq, backend, dtype, precision)},
+        "forward": {"parameters": P, **copy, "AdamW moments": M, "activations": A,
+                    "working memory": _forward_working_bytes(cfg, batch_size, seq, backend,
+                                                             dtype, precision)},
         # the reference's clipping sums squares in float64; its update makes a few temporaries
-        "optimizer": {"parameters": P, "AdamW moments": M, "gradients": G,
+        "optimizer": {"parameters": P, **copy, "AdamW moments": M, "gradients": G,
                       "working memory": 0 if _kernels(backend) else max(16 * big, 4 * big * s)},
     }
     device = "GPU memory" if backend == "cuda" else "host RAM"
@@ -192,34 +229,44 @@ def training_estimate(cfg, batch_size, backend="numpy", dtype="float32", grad_ac
     return Estimate("training", backend, device, dict(parts), host_total=host)
 
 
-def kv_cache_bytes(cfg, batch, tokens, dtype="float32"):
-    return 2 * cfg.n_layer * batch * min(tokens, cfg.block_size) * cfg.n_embd * _itemsize(dtype)
+def kv_cache_bytes(cfg, batch, tokens, dtype="float32", precision="fp32"):
+    return (2 * cfg.n_layer * batch * min(tokens, cfg.block_size) * cfg.n_embd
+            * _act_size(dtype, precision))
 
 
 def sampling_estimate(cfg, num_samples, prompt_tokens, max_new_tokens, backend="numpy",
-                      dtype="float32"):
+                      dtype="float32", precision="fp32"):
     """The peak memory of generating max_new_tokens after a prompt, num_samples at once: the
     larger of the prompt's pass (a short KV cache, the prompt's temporaries) and the last
-    cached step (the whole KV cache, one layer's keys or values copied as they grow)."""
-    s = _itemsize(dtype)
+    cached step (the whole KV cache, one layer's keys or values copied as they grow). Under
+    bf16 / fp16: the fp32 masters and their 2-byte copy, a 2-byte KV cache that each step
+    widens one layer of to fp32."""
+    if _low(precision):
+        dtype = "float32"
+    s, a = _itemsize(dtype), _act_size(dtype, precision)
     B, C, H, V = num_samples, cfg.n_embd, cfg.n_head, cfg.vocab_size
     P0 = min(max(prompt_tokens, 1), cfg.block_size)
     S = min(P0 + max_new_tokens, cfg.block_size)
     P = cfg.num_params() * s
+    copy = {"working copy (2-byte)": 2 * cfg.num_params()} if _low(precision) else {}
     sampling = B * V * s + 6 * B * V * 8              # logits, then float64 sampling arrays
     prompt_pass = (12 * B * P0 * C + (0 if _kernels(backend) else 4 * B * H * P0 * P0)) * s
+    step = B * S * C * a + (2 * B * S * C * 4 if _low(precision) else 0)   # + widened K, V
     phases = {
-        "prompt": {"parameters": P, "KV cache": kv_cache_bytes(cfg, B, P0, dtype),
+        "prompt": {"parameters": P, **copy,
+                   "KV cache": kv_cache_bytes(cfg, B, P0, dtype, precision),
                    "working memory": prompt_pass + sampling},
-        "generation": {"parameters": P, "KV cache": kv_cache_bytes(cfg, B, S, dtype),
-                       "working memory": B * S * C * s + sampling},
+        "generation": {"parameters": P, **copy,
+                       "KV cache": kv_cache_bytes(cfg, B, S, dtype, precision),
+                       "working memory": step + sampling},
     }
     if P0 + max_new_tokens > cfg.block_size:          # the window slides: full forwards
         T = cfg.block_size
         phases["sliding window"] = {
-            "parameters": P, "KV cache": kv_cache_bytes(cfg, B, T, dtype),
-            "activations": activation_bytes(cfg, B, T, backend, dtype, training=False),
-            "working memory": _forward_working_bytes(cfg, B, T, backend, dtype)}
+            "parameters": P, **copy, "KV cache": kv_cache_bytes(cfg, B, T, dtype, precision),
+            "activations": activation_bytes(cfg, B, T, backend, dtype, training=False,
+                                            precision=precision),
+            "working memory": _forward_working_bytes(cfg, B, T, backend, dtype, precision)}
     build = _build_bytes(cfg, dtype)
     device = "GPU memory" if backend == "cuda" else "host RAM"
     if backend != "cuda":
