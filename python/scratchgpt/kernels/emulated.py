@@ -625,11 +625,9 @@ class random:
 
 
 # ------------------------------------------------------------------------------------ cuda
-class Stream:
-    """A stream of the emulated device: launches run to completion, so it orders nothing."""
-
-    def __init__(self, null=False, non_blocking=False, ptr=0):
-        self.ptr = ptr
+class _Current:
+    """`with x:` / `x.use()` / `x.synchronize()`, as CuPy's streams and devices have: the host
+    executor runs every launch to completion, so there is nothing to switch or wait for."""
 
     def synchronize(self):
         pass
@@ -642,6 +640,13 @@ class Stream:
 
     def __exit__(self, *exc):
         return False
+
+
+class Stream(_Current):
+    """A stream of the emulated device: launches run to completion, so it orders nothing."""
+
+    def __init__(self, null=False, non_blocking=False, ptr=0):
+        self.ptr = ptr
 
 
 class Event:
@@ -659,7 +664,7 @@ def get_elapsed_time(start, end):
     return (end._t - start._t) * 1e3
 
 
-class Device:
+class Device(_Current):
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
         if self.id != 0:
@@ -674,18 +679,6 @@ class Device:
     @property
     def compute_capability(self):
         return "90"
-
-    def synchronize(self):
-        pass
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Runtime:
