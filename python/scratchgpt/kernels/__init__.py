@@ -9,7 +9,8 @@ allocates its outputs with the backend's array module and calls the bound launch
 dtype, shapes, contiguity and device and raises TypeError / ValueError naming the argument.
 Adding an op: write kernels/OP.py with a class taking a Runtime, add one line to REGISTRY.
 
-SCRATCHGPT_HOST_LIB=path/to/_host*.so loads another build of `_host` (CI: the ASan build).
+SCRATCHGPT_HOST_LIB=path/to/_host*.so loads another build of `_host` (CI: the ASan build);
+SCRATCHGPT_EMULATED_LIB=path/to/_emulated*.so does the same for `_emulated`.
 
 SCRATCHGPT_EMULATE_CUDA=1 makes the `cuda` backend available without a GPU: its arrays are the
 emulated device's (kernels/emulated.py, as strict as CuPy's), its launchers are `_emulated`'s
@@ -88,12 +89,13 @@ def device_array_module():
 
 def _import(backend):
     name = f"{__name__}._{backend}"
-    path = os.environ.get("SCRATCHGPT_HOST_LIB") if backend == "host" else None
+    variable = {"host": "SCRATCHGPT_HOST_LIB", "emulated": "SCRATCHGPT_EMULATED_LIB"}.get(backend)
+    path = os.environ.get(variable) if variable else None
     if not path:
         return importlib.import_module(name)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
-        raise ImportError(f"SCRATCHGPT_HOST_LIB={path} is not a loadable module")
+        raise ImportError(f"{variable}={path} is not a loadable module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
