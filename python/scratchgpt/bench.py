@@ -301,7 +301,8 @@ def run(args):
     do_cpu, do_gpu = (args.cpu, args.gpu) if (args.cpu or args.gpu) else (True, True)
     if do_gpu:                 # the GPU part runs the cuda kernels: fp32 until bf16 ones exist
         from .precision import check_supported
-        check_supported("cuda", args.precision, f"--precision {args.precision} (the GPU part)")
+        check_supported("cuda", args.precision, f"--precision {args.precision} (the GPU part)",
+                        "--cpu, or --precision fp32")
     check_memory(args, do_cpu, do_gpu)
     budget = Budget(args.budget_s)
 

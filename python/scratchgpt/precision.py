@@ -104,14 +104,16 @@ class KernelsMissing(UsageError):
     """A precision whose kernels the backend does not have (yet)."""
 
 
-def check_supported(backend_name, precision, where=None):
+def check_supported(backend_name, precision, where=None,
+                    expected="--backend numpy, or --precision fp32"):
     """The one place that says which backends run which precisions. The numpy reference runs
-    all three; the compiled kernels are fp32 until their bf16 / fp16 versions are built."""
+    all three; the compiled kernels are fp32 until their bf16 / fp16 versions are built.
+    `where` (the flags, for a command's error line) and `expected` complete the message."""
     check_precision(precision)
     if precision != "fp32" and backend_name in ("host", "cuda"):
         raise KernelsMissing(f"precision {precision} on the {backend_name} backend needs the "
                              f"{precision} kernels (not built yet)", where,
-                             "--backend numpy, or --precision fp32" if where else None)
+                             expected if where else None)
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,14 @@ class Roundings:
                      others are parameter gradients (fp32, not rounded)
     fp32_operands    operands that are all fp32 (the tied embedding's two parameter
                      gradients, summed by residual) are added in fp32, unrounded
+    passes_dout      the backward hands dout (S) on unchanged: nothing to widen or round
     """
     output_rounded: bool = True
     saved: tuple = ()
     recompute: bool = False
     rounded_grads: tuple = (0,)
     fp32_operands: bool = False
+    passes_dout: bool = False
 
 
 ROUNDINGS = {
@@ -152,7 +156,7 @@ ROUNDINGS = {
     # out = R(f(x) keep scale);  dx = R(f(dout) keep scale)
     "dropout": Roundings(),
     # out = R(f(a) + f(b));  the backward passes dout (S) on to both
-    "residual": Roundings(rounded_grads=(0, 1), fp32_operands=True),
+    "residual": Roundings(fp32_operands=True, passes_dout=True),
 }
 # adamw is not wrapped: it updates the fp32 masters with fp32 gradients and moments
 
@@ -179,7 +183,7 @@ class StorageOp:
         return widen(a) if isinstance(a, np.ndarray) and a.dtype == self.S else a
 
     def _round(self, out):
-        return out.astype(self.S) if isinstance(out, np.ndarray) else out
+        return out.astype(self.S, copy=False) if isinstance(out, np.ndarray) else out
 
     def forward(self, *args, **kwargs):
         floats = [a for a in args if self._is_float(a)]
@@ -206,6 +210,8 @@ class StorageOp:
         return self._round(c)
 
     def backward(self, dout, cache):
+        if self.rules.passes_dout:
+            return self.op.backward(dout, cache)
         if isinstance(cache, tuple) and len(cache) == 3 and isinstance(cache[0], str):
             _, stored, kwargs = cache                       # recompute the forward's cache
             cache = self.op.forward(*[self._wide(a) for a in stored], **kwargs)[1]
@@ -317,7 +323,10 @@ class MixedPrecision:
         s = self.loss_scale
         if dhidden is not None and s != 1.0:
             dhidden = dhidden * dhidden.dtype.type(s)
-        return self.model.backward(loss_weight=loss_weight * s, dhidden=dhidden)
+        if self.scaler is None:
+            return self.model.backward(loss_weight=loss_weight, dhidden=dhidden)
+        with np.errstate(over="ignore", invalid="ignore"):     # the scaler's to handle
+            return self.model.backward(loss_weight=loss_weight * s, dhidden=dhidden)
 
     def step(self, grads, lr=None, max_grad_norm=None):
         """(gradient norm before clipping or None when skipped, skipped)."""
