@@ -39,7 +39,12 @@ def run_one(precision, args, extra):
                 *([] if args.progress else ["--no-progress"]), *extra]
         print(f"{precision}: scratchgpt train {' '.join(argv)}", file=sys.stderr, flush=True)
         summary = train(parse_args(argv))
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
     history = read_history(os.path.join(out, "log.jsonl"), args.max_steps)
+    if summary is None and os.path.isfile(os.path.join(out, "summary.json")):
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
     if summary is None:
         summary = {"final_val_loss": [h for h in history if "val_loss" in h][-1]["val_loss"],
                    "final_loss": history[-1]["loss"], "tokens_per_s": None,
@@ -49,22 +54,41 @@ def run_one(precision, args, extra):
 
 
 def plot(runs, path, title):
+    """Top: the loss curves. Bottom: each precision's loss minus fp32's at the same step
+    (validation: markers; train: a 10-step running mean), where the differences show."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     colors = {"fp32": "black", "bf16": "tab:blue", "fp16": "tab:red"}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 2]})
+    base = runs.get("fp32")
     for p, (summary, history) in runs.items():
         steps = [h["step"] for h in history]
         ax.plot(steps, [h["loss"] for h in history], lw=0.6, alpha=0.45, color=colors[p])
         val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
         ax.plot(*zip(*val), "o-", ms=3.5, color=colors[p],
                 label=f"{p}: val {summary['final_val_loss']:.4f}")
-    ax.set_xlabel("step")
+        if base is None or p == "fp32":
+            continue
+        ref = {h["step"]: h for h in base[1]}
+        d = np.array([h["loss"] - ref[h["step"]]["loss"] for h in history if h["step"] in ref])
+        k = min(10, len(d))
+        smooth = np.convolve(d, np.ones(k) / k, mode="valid")
+        dx.plot(steps[k - 1:len(smooth) + k - 1], smooth, lw=1, color=colors[p],
+                label=f"{p} - fp32, train ({k}-step mean)")
+        dv = [(s, v - ref[s]["val_loss"]) for s, v in val if "val_loss" in ref.get(s, {})]
+        dx.plot(*zip(*dv), "o--", ms=3.5, color=colors[p], alpha=0.8, label=f"{p} - fp32, val")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(title="validation (markers), train (thin)")
+    dx.axhline(0, color="black", lw=0.6)
+    dx.set_xlabel("step")
+    dx.set_ylabel("difference from fp32")
+    dx.grid(alpha=0.3)
+    dx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

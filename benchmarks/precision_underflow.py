@@ -13,9 +13,15 @@ activation gradients, then divided by the scale) it counts the elements that are
 fp32 model's are not, and the relative error of the whole gradient against the fp32 model's;
 and, for comparison, the elements that would flush if the fp32 model's own parameter gradients
 were stored in fp16 (|g * scale| < 2^-25) -- what a recipe without fp32 gradients would lose.
+
+With --ckpt of a training run (its AdamW moments too) it also measures why the masters are
+fp32: one AdamW step at the learning rates given (--lrs) from the checkpoint, and the share of
+the weights whose update would vanish if the weights themselves were stored in bf16 / fp16
+(w + dw rounds back to w although dw is not 0), per kind of parameter.
 """
 import argparse
 import json
+import os
 import sys
 from contextlib import contextmanager
 from unittest import mock
@@ -88,6 +94,47 @@ def measure(cfg, params, idx, targets, scales, precision="fp16"):
     return rows
 
 
+def vanishing_updates(model, opt_state, idx, targets, lrs):
+    """Rows: for each learning rate, one AdamW step (fp32) from the saved moments, and the
+    share of parameters (all; matrices; layer-norm weights) whose update is lost when the
+    weight is stored in bf16 or fp16: round(w + dw) == round(w) while dw != 0."""
+    from scratchgpt.optim import AdamW
+    from scratchgpt.precision import round_to
+    model.forward(idx, targets)
+    grads = model.backward()
+    rows = []
+    for lr in lrs:
+        params = {k: v.copy() for k, v in model.params.items()}
+        opt = AdamW(params, model.be, lr=lr)
+        opt.load_state_dict({**opt_state, "m": {k: v.copy() for k, v in opt_state["m"].items()},
+                             "v": {k: v.copy() for k, v in opt_state["v"].items()}})
+        opt.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=1.0)
+        for precision in ("bf16", "fp16"):
+            row = {"lr": lr, "precision": precision}
+            groups = {"all": list(params),
+                      "matrices": [k for k in params if params[k].ndim == 2],
+                      "layer-norm weights": [k for k in params if "ln" in k and "weight" in k]}
+            for name, keys in groups.items():
+                moved = lost = 0
+                for k in keys:
+                    w, w1 = model.params[k], params[k]
+                    d = w1 != w
+                    moved += int(d.sum())
+                    lost += int((d & (round_to(w1, precision) == round_to(w, precision))).sum())
+                row[name] = 100.0 * lost / max(moved, 1)
+            rows.append(row)
+    return rows
+
+
+def markdown_updates(rows):
+    out = ["| learning rate | weights stored in | updates lost: all | matrices | layer-norm weights |",
+           "|---:|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['lr']:g} | {r['precision']} | {r['all']:.1f} % | {r['matrices']:.1f} % "
+                   f"| {r['layer-norm weights']:.1f} % |")
+    return "\n".join(out)
+
+
 def markdown(rows):
     out = ["| precision | loss scale | activation grads flushed to 0 | subnormal | overflow (Inf) "
            "| param grads lost (0 where fp32's are not) | rel. error of the param grads "
@@ -111,15 +158,21 @@ def main(argv=None):
     p.add_argument("--data-dir", help="a folder with val shards (default: random tokens)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--scales", default="0,8,16,24", help="log2 of the loss scales")
+    p.add_argument("--lrs", default="2e-3,2e-4", help="--ckpt: learning rates of the AdamW "
+                   "step whose vanishing updates are counted (default: mini's peak and final)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     from scratchgpt.config import GPTConfig
     from scratchgpt.model import GPT
+    m = opt_state = None
     if args.ckpt:
-        from scratchgpt.checkpoint import load_model
-        m = load_model(args.ckpt, dtype="float32")[0]
+        from scratchgpt.checkpoint import load_model, read_tensors
+        m, state, _, ckpt = load_model(args.ckpt, dtype="float32", precision="fp32")
         cfg, params = m.cfg, m.params
+        moments = read_tensors(os.path.join(ckpt, "optimizer.safetensors"))
+        opt_state = {**state["optimizer"], "m": {k: moments[f"m.{k}"] for k in params},
+                     "v": {k: moments[f"v.{k}"] for k in params}}
     else:
         cfg = GPTConfig.preset(args.preset)
         params = GPT(cfg, dtype="float32", seed=args.seed).params
@@ -136,8 +189,14 @@ def main(argv=None):
     rows = measure(cfg, params, idx, targets, scales) + measure(cfg, params, idx, targets, [1.0],
                                                                 precision="bf16")
     print(markdown(rows))
+    updates = []
+    if opt_state is not None:
+        updates = vanishing_updates(m, opt_state, idx, targets,
+                                    [float(x) for x in args.lrs.split(",")])
+        print()
+        print(markdown_updates(updates))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"underflow": rows, "vanishing_updates": updates}))
     return 0
 
 
