@@ -337,3 +337,360 @@ def test_flash_past_the_old_grid_limit(host_runtime):
     np.testing.assert_array_equal(di[0, 0], dy[0, :, 0] * v)
     np.testing.assert_allclose(dqkv[0, :, 2], dy[0, :, 0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dqkv[0, :, :2], 0.0, atol=1e-5)
+
+
+# --------------------------------------------------------- bfloat16 / float16 storage (tensor cores)
+# 16-bit qkv and dy: the flash kernels compute S = Q K^T, P V and the backward's products on tensor
+# cores (head widths that are multiples of 8; others, and misaligned arrays, take the SIMT kernels,
+# which widen to fp32 and round only their outputs). Each result is checked element by element
+# against float64 on the same rounded inputs, within a bound derived from the roundings the kernel
+# does (docs/gradients/attention.md, "bf16 / fp16 storage"):
+#   storage: R(x) = x (1 + theta) + e with |theta| <= u, |e| <= eta: u = 2^-8 (bf16) or 2^-11
+#            (fp16), eta = half the smallest subnormal (precision.UNIT_ROUNDOFF, UNDERFLOW_FLOOR);
+#   fp32:    a chain of n additions is within gamma_n = n u' / (1 - n u') of the exact sum of the
+#            terms' magnitudes, u' = 2^-23 (twice fp32's unit roundoff: a tensor-core sum may
+#            truncate, in an unspecified order); __expf(x) is within 2 + 1.2 |x| ulp (the CUDA
+#            programming guide's bound for the GPU; the host's expf is better).
+import ml_dtypes  # noqa: E402
+
+from scratchgpt.precision import UNDERFLOW_FLOOR, UNIT_ROUNDOFF  # noqa: E402
+
+LOW = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16)}
+U32 = 2.0 ** -24
+
+
+def gamma(n):
+    return n * 2 * U32 / (1 - n * 2 * U32)
+
+
+def f64(a):
+    return np.asarray(a).astype(np.float64)
+
+
+def exp_rel(x):
+    """Relative error of the kernels' __expf(x) (one ulp is at most 2 u32 of the value)."""
+    return (2 + 1.2 * np.abs(x)) * 2 * U32
+
+
+def chain(T):
+    """An upper bound on the fp32 additions behind any one accumulated value (keys or queries of a
+    row, the rescalings between tiles, the reductions across lanes)."""
+    return 2 * T + 200
+
+
+def low_inputs(B, T, H, D, seed, precision):
+    qkv, dy = make_inputs(B, T, H, D, seed)
+    return qkv.astype(LOW[precision]), dy.astype(LOW[precision])
+
+
+def softmax_parts(q, k, v, ok):
+    """float64: the scaled scores, their fp32 error bound E, the row max, the probabilities, the
+    log-sum-exp and P v for q [.., Tq, D], k, v [.., S, D] and the mask ok [Tq, S]."""
+    D = q.shape[-1]
+    scale = 1.0 / np.sqrt(D)
+    s = (q @ np.swapaxes(k, -1, -2)) * scale
+    # fp32 scores: a D-term dot product of exact products, times the fp32 scale (two roundings)
+    E = gamma(D + 2) * scale * (np.abs(q) @ np.swapaxes(np.abs(k), -1, -2))
+    sm = np.where(ok, s, -np.inf)
+    m = sm.max(-1, keepdims=True)
+    e = np.exp(sm - m)
+    l = e.sum(-1, keepdims=True)
+    P = e / l
+    return dict(s=s, E=np.where(ok, E, 0.0), m=m[..., 0], P=P, lse=(m + np.log(l))[..., 0], y=P @ v,
+                ok=ok, scale=scale)
+
+
+def stored_bound(value, b, precision):
+    """A value computed within b (fp32) and then rounded once to the storage type."""
+    u, eta = UNIT_ROUNDOFF[precision], UNDERFLOW_FLOOR[precision]
+    return u * (np.abs(value) + b) + b + eta
+
+
+def forward_bound(x, v, precision, p_rounded, n):
+    """Bounds on y (stored) and lse (fp32) of the online softmax. delta bounds |log(p/p_exact)| of
+    each unnormalised probability (score error, exp, the subtraction of the row max); the
+    normalised weights are then within exp(2 delta) of P (the max and any rescaling cancel between
+    numerator and denominator). p_rounded: the tensor-core path rounds each p to T as the A operand
+    of P V, so |dy_i| gains u sum_j P_ij |v_j| and eta sum_j |v_j| (l >= 1: the max term is 1)."""
+    u, eta = UNIT_ROUNDOFF[precision], UNDERFLOW_FLOOR[precision]
+    Emax = x["E"].max(-1)
+    R = np.where(x["ok"], x["m"][..., None] - x["s"], 0.0).max(-1) + 2 * Emax
+    delta = Emax + exp_rel(R) + U32 * R
+    grow = np.exp(2 * delta) - 1
+    Pv = x["P"] @ np.abs(v)
+    b = (grow + gamma(n) * (1 + grow))[..., None] * Pv
+    if p_rounded:
+        b += u * (1 + grow)[..., None] * Pv + 1.01 * eta * (x["ok"] @ np.abs(v))
+    y_bound = stored_bound(x["y"], b, precision)
+    lse_bound = 2 * delta + gamma(n) + 8 * U32 * (np.abs(x["lse"]) + np.abs(x["m"]) + 1)
+    return y_bound, lse_bound
+
+
+def backward_bound(x, q, k, v, dY, p_err, d_err, precision, rounded, n):
+    """Bounds on dq, dk, dv [B, H, T, D] (stored). The backward's P differs from the exact one by
+    p_err, its D_i = rowsum(dy y) by d_err; dP = dY V^T is an fp32 dot product (F); dS = P (dP - D)
+    rounds twice in fp32 (G collects it all). rounded: the tensor-core path rounds P and dS to T as
+    operands of dV = P^T dY, dK = dS^T Q / sqrt(d), dQ = dS K / sqrt(d)."""
+    u, eta = UNIT_ROUNDOFF[precision], UNDERFLOW_FLOOR[precision]
+    ok, P, scale = x["ok"], x["P"], x["scale"]
+    D = q.shape[-1]
+    dP = dY @ np.swapaxes(v, -1, -2)
+    Di = (dY * x["y"]).sum(-1, keepdims=True)
+    dS = np.where(ok, P * (dP - Di), 0.0)
+    F = gamma(D) * (np.abs(dY) @ np.swapaxes(np.abs(v), -1, -2))
+    Hd = F + d_err[..., None]
+    P_hat = P + p_err
+    G = np.where(ok, p_err * np.abs(dP - Di) + P_hat * Hd + 2 * U32 * P_hat * (np.abs(dP - Di) + Hd), 0.0)
+    eP, eS = p_err, G
+    if rounded:
+        eP = eP + np.where(ok, u * P_hat + eta, 0.0)
+        eS = eS + np.where(ok, u * (np.abs(dS) + G) + eta, 0.0)
+    g = gamma(n)
+    tr = lambda a: np.swapaxes(a, -1, -2)   # noqa: E731
+    dv = tr(P) @ dY
+    b_dv = tr(eP) @ np.abs(dY) + g * (tr(P_hat + eP) @ np.abs(dY))
+    dk = scale * (tr(dS) @ q)
+    b_dk = scale * (tr(eS) @ np.abs(q) + g * (tr(np.abs(dS) + eS) @ np.abs(q)))
+    b_dk += 2 * U32 * (np.abs(dk) + b_dk)
+    dq = scale * (dS @ k)
+    b_dq = scale * (eS @ np.abs(k) + g * ((np.abs(dS) + eS) @ np.abs(k)))
+    b_dq += 2 * U32 * (np.abs(dq) + b_dq)
+    return [(w, stored_bound(w, b, precision)) for w, b in ((dq, b_dq), (dk, b_dk), (dv, b_dv))]
+
+
+def packed(parts):
+    """Three [B, H, T, D] arrays as the [B, T, 3C] layout of qkv."""
+    return np.concatenate([ref.merge_heads(p) for p in parts], axis=-1)
+
+
+def assert_within(got, want, bound, what, min_ratio=None):
+    """|got - want| <= bound everywhere (NaN never passes); min_ratio: the bound is not vacuous."""
+    got = np.asarray(got).astype(np.float64)
+    assert np.isfinite(got).all(), f"{what}: NaN or inf in the kernel's output (an element not written?)"
+    err = np.abs(got - want)
+    ratio = err / bound
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    assert ratio.max() <= 1.0, (f"{what}: |error| {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
+                                f"(exact {want[worst]:.6g}, kernel {got[worst]:.6g})")
+    if min_ratio is not None:
+        assert ratio.max() >= min_ratio, f"{what}: error at most {ratio.max():.3f} of the bound"
+    return float(ratio.max())
+
+
+def run_low(rt, qkv, dy, H, window, version="flash", shift=False):
+    """Forward and backward on 16-bit storage through the launchers; every output poisoned (NaN).
+    shift: every array starts 2 bytes past a 16-byte boundary (the SIMT fallback)."""
+    lib, S = rt.lib, qkv.dtype
+    B, T, C3 = qkv.shape
+    C, w = C3 // 3, window or 0
+
+    def dev(a):
+        if not shift:
+            return rt.asarray(a)
+        flat = rt.asarray(np.zeros(a.size + 8, a.dtype))
+        out = flat[1:a.size + 1].reshape(a.shape)
+        out[...] = rt.asarray(a)
+        return out
+
+    nan = lambda shape, dtype=S: dev(np.full(shape, np.nan, np.float32).astype(dtype))   # noqa: E731
+    x, g = dev(qkv), dev(dy)
+    y, dqkv = nan((B, T, C)), nan(qkv.shape)
+    b = rt.bits
+    if version == "flash":
+        lse, di = nan((B, H, T), np.float32), nan((B, H, T), np.float32)
+        lib.attention_forward(b(y), lse, b(x), H, w, rt.stream())
+        lib.attention_backward(b(dqkv), di, b(g), b(x), b(y), lse, H, w, rt.stream())
+        saved = lse
+    else:
+        probs, dprobs = nan((B, H, T, T), np.float32), nan((B, H, T, T), np.float32)
+        lib.attention_materialized_forward(b(y), probs, b(x), H, w, rt.stream())
+        lib.attention_materialized_backward(b(dqkv), dprobs, b(g), b(x), probs, H, w, rt.stream())
+        saved = probs
+    out = [rt.asnumpy(a) for a in (y, dqkv, saved)]
+    assert out[0].dtype == S and out[1].dtype == S
+    return out
+
+
+def check_low(rt, B, T, H, D, window, precision, version="flash", seed=0, shift=False):
+    """Forward (y, lse or probs) and backward (dqkv) against float64 within the derived bounds.
+    Returns the largest error / bound ratios."""
+    qkv, dy = low_inputs(B, T, H, D, seed, precision)
+    y, dqkv, saved = run_low(rt, qkv, dy, H, window, version, shift)
+    q, k, v = ref.split_heads(f64(qkv), H)
+    dY = ref.split_heads(np.concatenate([f64(dy)] * 3, axis=-1), H)[0]
+    x = softmax_parts(q, k, v, ref.allowed_mask(T, window))
+    tc = version == "flash" and D % 8 == 0 and not shift   # the tensor-core path
+    n = chain(T)
+    ratios = {}
+    y_got = ref.split_heads(np.concatenate([f64(y)] * 3, axis=-1), H)[0]
+    if version == "flash":
+        y_bound, lse_bound = forward_bound(x, v, precision, tc, n)
+        ratios["y"] = assert_within(y_got, x["y"], y_bound, "y")
+        ratios["lse"] = assert_within(saved, x["lse"], lse_bound, "lse")
+        # the backward's P from the saved lse: score error, lse's error, exp, the subtraction
+        d_lse = np.abs(f64(saved) - x["lse"])[..., None]
+        X = np.abs(x["s"] - x["lse"][..., None])
+        pi = x["E"] + d_lse + exp_rel(X + x["E"] + d_lse) + U32 * X
+        p_err = np.where(x["ok"], np.expm1(pi) * x["P"], 0.0)
+        # D_i = rowsum(dy y) in fp32 from the kernel's stored y
+        d_err = (np.abs(dY) * np.abs(y_got - x["y"])).sum(-1) + gamma(D + 8) * (np.abs(dY) * np.abs(y_got)).sum(-1)
+    else:
+        probs = f64(saved)
+        delta = x["E"].max(-1) + exp_rel(np.where(x["ok"], x["m"][..., None] - x["s"], 0).max(-1)
+                                         + 2 * x["E"].max(-1))
+        p_bound = np.expm1(2 * delta + gamma(n) + 4 * U32)[..., None] * x["P"]
+        ratios["probs"] = assert_within(probs, x["P"], np.maximum(p_bound, 1e-300), "probs")
+        p_err = np.abs(probs - x["P"])              # the saved probabilities, as the rest reads them
+        b = p_err @ np.abs(v) + gamma(n) * (probs @ np.abs(v))
+        ratios["y"] = assert_within(y_got, x["y"], stored_bound(x["y"], b, precision), "y")
+        # D_i = rowsum(dP P) over the saved probabilities
+        dP = dY @ np.swapaxes(v, -1, -2)
+        F = gamma(D) * (np.abs(dY) @ np.swapaxes(np.abs(v), -1, -2))
+        d_err = ((F * probs + np.abs(dP) * p_err) + gamma(n) * (np.abs(dP) + F) * probs).sum(-1)
+    parts = backward_bound(x, q, k, v, dY, p_err, d_err, precision, tc, n)
+    got = ref.split_heads(f64(dqkv), H)
+    for name, g, (want, bound) in zip(("dq", "dk", "dv"), got, parts):
+        ratios[name] = assert_within(g, want, bound, name)
+    return ratios
+
+
+LOW_SHAPES = [   # B, T, H, D, window
+    (1, 80, 2, 32, None),    # T past one 64-row tile
+    (2, 70, 2, 64, 17),      # GPT-2's head width, a band inside and across tiles
+    (1, 1, 2, 64, None),     # one position
+    (1, 130, 1, 64, 70),     # three tiles, the band skips the first key tile of the last
+    (2, 33, 3, 16, None),    # D = 16 in the 32-wide instantiation
+    (1, 48, 2, 80, 20),      # D = 80 in the 128-wide one (k-steps and n-tiles past D skipped)
+    (1, 65, 2, 8, 1),        # window 1: P = I, dq = dk = 0
+    (1, 50, 2, 20, None),    # D % 8 != 0: the SIMT kernels
+]
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+@pytest.mark.parametrize("B, T, H, D, window", LOW_SHAPES)
+def test_low_precision_flash(kernel_runtime, precision, B, T, H, D, window):
+    ratios = check_low(kernel_runtime, B, T, H, D, window, precision, seed=T + D)
+    if T > 1 and window != 1:   # y = v exactly otherwise
+        assert ratios["y"] > 0.1   # the storage rounding shows: the bound is not vacuous
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+@pytest.mark.parametrize("B, T, H, D, window", [(1, 40, 2, 32, None), (2, 21, 2, 12, 5), (1, 1, 1, 64, None)])
+def test_low_precision_materialized(kernel_runtime, precision, B, T, H, D, window):
+    check_low(kernel_runtime, B, T, H, D, window, precision, version="materialized", seed=T)
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+def test_low_precision_misaligned_takes_simt(host_runtime, precision):
+    """D % 8 == 0, but every array 2 bytes off a 16-byte boundary: the SIMT kernels, exact bound
+    without the operand roundings."""
+    check_low(host_runtime, 1, 40, 2, 32, 9, precision, seed=5, shift=True)
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "random:11"])
+def test_low_precision_schedules_poison_and_determinism(host_runtime, monkeypatch, schedule):
+    """The tensor-core kernels under another thread order, with shared memory poisoned at every
+    block start: the same bits as the default order (no race, no unwritten shared memory read, no
+    atomics), twice."""
+    qkv, dy = low_inputs(1, 100, 2, 32, 13, "bf16")
+    first = run_low(host_runtime, qkv, dy, 2, 40)
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "1")
+    for _ in range(2):
+        again = run_low(host_runtime, qkv, dy, 2, 40)
+        for a, b in zip(first, again):
+            assert np.array_equal(a.view(np.uint16) if a.dtype.itemsize == 2 else a,
+                                  b.view(np.uint16) if b.dtype.itemsize == 2 else b)
+
+
+def check_low_decode(rt, B, H, Tn, S, D, window, precision, seed, t0=None):
+    rng = np.random.default_rng(seed)
+    t0 = S - Tn if t0 is None else t0
+    dt = LOW[precision]
+    q = (2 * rng.standard_normal((B, H, Tn, D))).astype(np.float32).astype(dt)
+    k = rng.standard_normal((B, H, S, D)).astype(np.float32).astype(dt)
+    v = rng.standard_normal((B, H, S, D)).astype(np.float32).astype(dt)
+    y = rt.asarray(np.full((B, Tn, H * D), np.nan, np.float32).astype(dt))
+    b = rt.bits
+    rt.lib.attention_decode(b(y), b(rt.asarray(q)), b(rt.asarray(k)), b(rt.asarray(v)), t0, window or 0,
+                            rt.stream())
+    got = rt.asnumpy(y)
+    assert got.dtype == dt
+    x = softmax_parts(f64(q), f64(k), f64(v), ref.allowed_mask(Tn, window, t0=t0, S=S))
+    y_bound, _ = forward_bound(x, f64(v), precision, False, chain(S))
+    got = f64(got).reshape(B, Tn, H, D).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(x["y"], ref.decode(f64(q), f64(k), f64(v), t0, window)
+                               .reshape(B, Tn, H, D).transpose(0, 2, 1, 3), rtol=1e-12, atol=1e-15)
+    return assert_within(got, x["y"], y_bound, "decode y")
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+@pytest.mark.parametrize("B, H, Tn, S, D, window, t0", [
+    (1, 1, 1, 1, 8, None, None),     # the first token
+    (2, 3, 1, 100, 64, None, None),  # a key chunk per warp
+    (1, 2, 2, 300, 32, None, None),  # several chunks per warp
+    (1, 1, 1, 300, 12, 40, None),    # banded: two of the four warps see no key
+    (1, 1, 3, 50, 20, None, 20),     # cache longer than the queries need
+])
+def test_low_precision_decode(kernel_runtime, precision, B, H, Tn, S, D, window, t0):
+    check_low_decode(kernel_runtime, B, H, Tn, S, D, window, precision, seed=S + D, t0=t0)
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+def test_low_precision_wrapper(kernel_runtime, precision):
+    """REGISTRY["attention"] on 16-bit arrays: y and dqkv in that type, lse float32; decode too."""
+    from scratchgpt.kernels import REGISTRY
+    rt, dt = kernel_runtime, LOW[precision]
+    qkv, dy = low_inputs(2, 20, 2, 16, 9, precision)
+    for version in VERSIONS:
+        op = REGISTRY["attention"](rt, version=version)
+        y, cache = op.forward(rt.asarray(qkv), 2, window=5)
+        dqkv = op.backward(rt.asarray(dy), cache)
+        assert y.dtype == dt and dqkv.dtype == dt
+        if version == "flash":
+            assert cache[3].dtype == np.float32
+        r_y, r_cache = ref.forward(f64(qkv), 2, 5)
+        # |error| / |y| is u (storage) plus the operand roundings: within 4 u in norm
+        assert rel_err(f64(rt.asnumpy(y)), r_y) < 4 * UNIT_ROUNDOFF[precision]
+        assert rel_err(f64(rt.asnumpy(dqkv)), ref.backward(f64(dy), r_cache)) < 8 * UNIT_ROUNDOFF[precision]
+    parts = rt.asarray(qkv).reshape(2, 20, 3, 2, 16).transpose(2, 0, 3, 1, 4)
+    got = REGISTRY["attention"](rt).decode(rt.xp.ascontiguousarray(parts[0]), parts[1], parts[2], 0, 5)
+    assert got.dtype == dt
+    r_y, _ = ref.forward(f64(qkv), 2, 5)
+    assert rel_err(f64(rt.asnumpy(got)), r_y) < 2 * UNIT_ROUNDOFF[precision]
+
+
+def test_low_precision_dtype_mixes_are_named(host_runtime):
+    from scratchgpt.kernels import REGISTRY
+    rt, lib = host_runtime, host_runtime.lib
+    bf, f16 = LOW["bf16"], LOW["fp16"]
+    qkv, dy = low_inputs(1, 6, 2, 8, 0, "bf16")
+    qb = qkv.view(np.uint16)
+    y, lse = np.empty((1, 6, 16), bf).view(np.uint16), np.empty((1, 2, 6), np.float32)
+    with pytest.raises(TypeError, match=r"^y: expected bfloat16 \(its uint16 bits\) like qkv, got float16"):
+        lib.attention_forward(np.empty((1, 6, 16), f16), lse, qb, 2, 0)
+    with pytest.raises(TypeError, match=r"^y: expected float16 like qkv, got float32"):
+        lib.attention_forward(np.empty((1, 6, 16), np.float32), lse, qkv.astype(f16), 2, 0)
+    with pytest.raises(TypeError, match=r"^lse: expected float32, got uint16"):
+        lib.attention_forward(y, lse.astype(bf).view(np.uint16), qb, 2, 0)
+    lib.attention_forward(y, lse, qb, 2, 0)
+    dqkv, di = np.empty_like(qb), np.empty((1, 2, 6), np.float32)
+    with pytest.raises(TypeError, match=r"^dy: expected bfloat16 \(its uint16 bits\) like qkv, got float32"):
+        lib.attention_backward(dqkv, di, dy.astype(np.float32), qb, y, lse, 2, 0)
+    with pytest.raises(TypeError, match=r"^dqkv: expected bfloat16 \(its uint16 bits\) like qkv, got float16"):
+        lib.attention_backward(dqkv.view(f16), di, dy.view(np.uint16), qb, y, lse, 2, 0)
+    with pytest.raises(TypeError, match=r"^probs: expected float32, got uint16"):
+        lib.attention_materialized_forward(y, np.empty((1, 2, 6, 6), np.uint16), qb, 2, 0)
+    with pytest.raises(TypeError, match=r"^qkv: expected float32, got int32"):
+        lib.attention_forward(y, lse, np.zeros((1, 6, 48), np.int32), 2, 0)
+    q = np.zeros((1, 2, 1, 8), f16)
+    kv = np.zeros((1, 2, 3, 8), f16)
+    with pytest.raises(TypeError, match=r"^v_cache: expected float16 like q, got uint16"):
+        lib.attention_decode(np.empty((1, 1, 16), f16), q, kv, kv.astype(bf).view(np.uint16), 2, 0)
+    # the wrapper names the argument before the bits lose the type
+    op = REGISTRY["attention"](rt)
+    _, cache = op.forward(qkv, 2)
+    with pytest.raises(TypeError, match=r"^dy: expected bfloat16 like qkv, got float16"):
+        op.backward(dy.astype(f16), cache)
+    with pytest.raises(TypeError, match=r"^k_cache: expected float16 like q, got bfloat16"):
+        op.decode(q, kv.astype(bf), kv, 2)

@@ -12,6 +12,12 @@ Two versions of forward/backward, both matching the reference:
 The version is chosen per call (`version=`), else by `Attention.version` of the instance, whose
 default comes from the environment variable SCRATCHGPT_ATTENTION ("flash" or "materialized").
 The cache records the version, so backward always matches its forward.
+
+Storage: qkv (and dy, q, k_cache, v_cache) float32, bfloat16 (ml_dtypes) or float16; y, dqkv and
+decode's y come back in that type, the log-sum-exp, the materialised probabilities and the
+backward's scratch in float32. With 16-bit storage the flash version runs QK^T, PV and the
+backward's products on tensor cores (csrc/attention.cu; docs/gradients/attention.md says where
+it rounds); bfloat16 crosses the binding as its uint16 bits (`Runtime.bits`).
 """
 import os
 
@@ -35,6 +41,13 @@ def _window_arg(window):
     if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"window: expected None or a positive integer, got {window!r}")
     return int(min(window, 2**31 - 1))
+
+
+def _same_storage(name, a, like_name, like):
+    """a must have like's storage type (the launchers check it too, but see bfloat16 only as
+    uint16 bits)."""
+    if a.dtype != like.dtype:
+        raise TypeError(f"{name}: expected {like.dtype} like {like_name}, got {a.dtype}")
 
 
 def _check_n_head(n_head):
@@ -65,28 +78,31 @@ class Attention:
         if C3 % (3 * n_head):
             raise ValueError(f"qkv: last axis {C3} must be 3 * n_head * head_dim (n_head={n_head})")
         C = C3 // 3
-        y = rt.empty((B, T, C))
+        y = rt.empty((B, T, C), dtype=qkv.dtype)
         if version == "flash":
             lse = rt.empty((B, n_head, T))
-            rt.lib.attention_forward(y, lse, qkv, n_head, w, rt.stream())
+            rt.lib.attention_forward(rt.bits(y), lse, rt.bits(qkv), n_head, w, rt.stream())
             return y, (version, qkv, y, lse, n_head, w)
         probs = rt.empty((B, n_head, T, T))
-        rt.lib.attention_materialized_forward(y, probs, qkv, n_head, w, rt.stream())
+        rt.lib.attention_materialized_forward(rt.bits(y), probs, rt.bits(qkv), n_head, w, rt.stream())
         return y, (version, qkv, probs, n_head, w)
 
     def backward(self, dy, cache):
         rt = self.rt
         version, qkv = cache[0], cache[1]
         (dy,) = rt.inputs(dy=dy)
-        dqkv = rt.empty(qkv.shape)
+        _same_storage("dy", dy, "qkv", qkv)
+        dqkv = rt.empty(qkv.shape, dtype=qkv.dtype)
+        b = rt.bits
         if version == "flash":
             _, _, y, lse, n_head, w = cache
             di = rt.empty(lse.shape)
-            rt.lib.attention_backward(dqkv, di, dy, qkv, y, lse, n_head, w, rt.stream())
+            rt.lib.attention_backward(b(dqkv), di, b(dy), b(qkv), b(y), lse, n_head, w, rt.stream())
         else:
             _, _, probs, n_head, w = cache
             dprobs = rt.empty(probs.shape)
-            rt.lib.attention_materialized_backward(dqkv, dprobs, dy, qkv, probs, n_head, w, rt.stream())
+            rt.lib.attention_materialized_backward(b(dqkv), dprobs, b(dy), b(qkv), probs, n_head, w,
+                                                   rt.stream())
         return dqkv
 
     def decode(self, q, k_cache, v_cache, t0, window=None):
@@ -96,12 +112,15 @@ class Attention:
         if isinstance(t0, (bool, np.bool_)) or not isinstance(t0, (int, np.integer)) or t0 < 0:
             raise ValueError(f"t0: expected a non-negative integer, got {t0!r}")
         q, k_cache, v_cache = rt.inputs(q=q, k_cache=k_cache, v_cache=v_cache)
+        _same_storage("k_cache", k_cache, "q", q)
+        _same_storage("v_cache", v_cache, "q", q)
         xp = rt.xp
         # the model hands over views of the projection for a fresh cache
         q, k_cache, v_cache = (xp.ascontiguousarray(a) for a in (q, k_cache, v_cache))
         if q.ndim != 4:
             raise ValueError(f"q: expected 4 dimensions [B, H, Tn, D], got shape {tuple(q.shape)}")
         B, H, Tn, D = q.shape
-        y = rt.empty((B, Tn, H * D))
-        rt.lib.attention_decode(y, q, k_cache, v_cache, int(t0), w, rt.stream())
+        y = rt.empty((B, Tn, H * D), dtype=q.dtype)
+        b = rt.bits
+        rt.lib.attention_decode(b(y), b(q), b(k_cache), b(v_cache), int(t0), w, rt.stream())
         return y
