@@ -47,7 +47,8 @@
 //   Shared tiles are [64][DP + 8] elements: each row padded by 16 bytes, so the 8 rows an ldmatrix
 //   reads start in 8 different 16-byte bank groups (conflict-free) and every row stays 16-byte
 //   aligned for cp.async. Tiles stream in through cp.async, two stages: tile j+1's copy is in
-//   flight while tile j is multiplied.
+//   flight while tile j is multiplied; one barrier per tile, after the wait for tile j, both
+//   publishes it and frees tile j-1's stage for tile j+1's copy.
 //   - forward: Q's 16 rows per warp are loaded once into A fragments (ldmatrix); per key tile,
 //     S = Q K^T (K as the [N, K] B operand: ldmatrix), scaled and masked in fp32, the online
 //     softmax (running max m and partial sums l in fp32, rows reduced over the 4 lanes of a quad by
@@ -774,16 +775,16 @@ flash_forward_tc_kernel(T* __restrict__ y, float* __restrict__ lse, const T* __r
     for (int n = 0; n < L::ntiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     int stage = 0;
     for (int k0 = k_first; k0 <= q_last; k0 += kTcTile, stage ^= 1) {
-        if (k0 + kTcTile <= q_last) {   // prefetch the next K, V tile into the other stage
+        cp_async_wait<0>();   // this thread's copies of this tile (and, at first, Q) have landed
+        // One barrier per tile: every thread's copies are visible to the block, and every warp is
+        // done with the other stage (the previous tile), which the prefetch below overwrites.
+        __syncthreads();
+        if (k0 + kTcTile <= q_last) {   // the next K, V tile streams in while this one is used
             T* next = kv_sh + (stage ^ 1) * 2 * L::tile;
             tc_load_tile<T, DP>(next, base + C, rs, k0 + kTcTile, s);
             tc_load_tile<T, DP>(next + L::tile, base + 2 * C, rs, k0 + kTcTile, s);
             cp_async_commit();
-            cp_async_wait<1>();         // this tile's group (and Q's) has landed; the next may not have
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();                // every thread's copies are visible to the block
         const T* k_sh = kv_sh + stage * 2 * L::tile;
         const T* v_sh = k_sh + L::tile;
         if (k0 == k_first) {
@@ -866,7 +867,6 @@ flash_forward_tc_kernel(T* __restrict__ y, float* __restrict__ lse, const T* __r
                 mma_m16n8k16<T>(o[2 * np + 1], pa, vb + 2, o[2 * np + 1]);
             }
         }
-        __syncthreads();   // this stage is refilled by the next iteration's prefetch
     }
     float inv[2];
     ATTN_UNROLL
@@ -936,14 +936,12 @@ flash_backward_dkdv_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, co
         for (int e = 0; e < 4; ++e) dk[n][e] = 0.0f, dv[n][e] = 0.0f;
     int stage = 0;
     for (int q0 = k0; q0 <= q_hi; q0 += kTcTile, stage ^= 1) {   // k0 is a tile boundary, so is q0
+        cp_async_wait<0>();
+        __syncthreads();   // this tile visible to all (the stats too); the other stage free to refill
         if (q0 + kTcTile <= q_hi) {
             load_queries(stage ^ 1, q0 + kTcTile);
             cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();
         const T* q_sh = qd_sh + stage * 2 * L::tile;
         const T* g_sh = q_sh + L::tile;
         const float* lse_sh = stat_sh + stage * 2 * kTcTile;
@@ -994,7 +992,6 @@ flash_backward_dkdv_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, co
                 mma_m16n8k16<T>(dk[2 * np + 1], dsa, bb + 2, dk[2 * np + 1]);
             }
         }
-        __syncthreads();   // this stage is refilled by the next iteration's prefetch
     }
     // dK scale and dV rounded once to T, through the warp's own rows of k_sh / v_sh
     tc_stage_rows<T, DP>(k_sh, wr, dk, s.scale, s.scale, D, lane);
@@ -1047,16 +1044,14 @@ flash_backward_dq_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, cons
     for (int n = 0; n < L::ntiles; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
     int stage = 0;
     for (int k0 = k_first; k0 <= q_last; k0 += kTcTile, stage ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads();   // this tile visible to all; the other stage free to refill
         if (k0 + kTcTile <= q_last) {
             T* next = kv_sh + (stage ^ 1) * 2 * L::tile;
             tc_load_tile<T, DP>(next, base + C, rs, k0 + kTcTile, s);
             tc_load_tile<T, DP>(next + L::tile, base + 2 * C, rs, k0 + kTcTile, s);
             cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();
         const T* k_sh = kv_sh + stage * 2 * L::tile;
         const T* v_sh = k_sh + L::tile;
         if (k0 == k_first) {
@@ -1106,7 +1101,6 @@ flash_backward_dq_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, cons
                 mma_m16n8k16<T>(dq[2 * np + 1], dsa, bk + 2, dq[2 * np + 1]);
             }
         }
-        __syncthreads();   // this stage is refilled by the next iteration's prefetch
     }
     // dQ scale rounded once to T, through the warp's own rows of q_sh
     tc_stage_rows<T, DP>(q_sh, wr, dq, s.scale, s.scale, D, lane);
