@@ -694,3 +694,35 @@ def test_low_precision_dtype_mixes_are_named(host_runtime):
         op.backward(dy.astype(f16), cache)
     with pytest.raises(TypeError, match=r"^k_cache: expected float16 like q, got bfloat16"):
         op.decode(q, kv.astype(bf), kv, 2)
+
+
+def test_low_precision_bench_rows(host_runtime):
+    """benchmarks/kernels.py's bf16 attention rows: the cases time the 16-bit op through the
+    table's runner, the check compares it with the reference, and the summary's ratio is SDPA's
+    time over ours against the 70 % goal."""
+    import warnings
+
+    from scratchgpt.benchmarks import kernels
+    from scratchgpt.ops import get_backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        be = get_backend("host")
+    cases = kernels.attention_low_cases(2, 64, 64, 2, lengths=(128,))
+    assert [(c.op, c.pass_, c.shape["B"], c.shape["T"]) for c in cases] == [
+        ("attention", "forward", 2, 64), ("attention", "backward", 2, 64),
+        ("attention", "forward", 1, 128), ("attention", "backward", 1, 128)]
+    assert cases[0].spec.inputs(np, cases[0].shape, 0)["qkv"].dtype == LOW["bf16"]
+    err = kernels.check_attention_low(be, dict(B=1, T=70, C=64, H=2))
+    assert UNIT_ROUNDOFF["bf16"] / 16 < err < 1e-2   # bf16's rounding shows, within DESIGN's 1e-2
+    calls = []
+    records = kernels.run_table(cases[:2], be, lambda fn: calls.append(fn()) or [2.0], {
+        "copy_gbps": 1.0, "sgemm_tflops": 1.0}, progress=False)
+    assert [r["ms"] for r in records] == [2.0, 2.0] and len(calls) == 2
+    y = calls[0]
+    assert y.dtype == LOW["bf16"] and np.isfinite(f64(y)).all()
+    records[0]["torch_ms"], records[1]["torch_ms"] = 1.0, 2.0
+    (line,) = kernels.attention_low_summary(records, {"bf16_gemm_tflops": 1.0})
+    assert "4.000 ms, SDPA 3.000 ms: 75% of SDPA's speed (goal >= 70%)" in line
+    records[1]["torch_ms"] = 1.0
+    assert kernels.attention_low_summary(records)[0].endswith("50% of SDPA's speed (goal >= 70%, missed)")
+    assert records[0]["pct_of_bf16_gemm"] == pytest.approx(100 * records[0]["tflops"])

@@ -526,5 +526,105 @@ def model_dims(cfg, B, T):
     return dict(B=B, T=T, C=cfg.n_embd, H=cfg.n_head, V=cfg.vocab_size, P=cfg.num_params())
 
 
+# ---------------------------------- bf16 / fp16 flash attention on tensor cores, against SDPA
+# Rows of their own (the float32 table above is unchanged): the same op and interface with qkv and
+# dy in 16-bit storage, so the cuda backend runs csrc/attention.cu's tensor-core kernels; PyTorch
+# runs F.scaled_dot_product_attention on the same 16-bit tensors (FlashAttention-2 on sm_80+).
+# The issue's goal: forward + backward at >= 70 % of SDPA's speed (SDPA's time / ours).
+# bench.py adds the rows with `cases += attention_low_cases(B, T, C, H)` and prints
+# `attention_low_summary(records, ceilings)` (run_table times them like any other case).
+ATTENTION_LOW_GOAL = 70.0
+
+
+class AttentionLowPrecision(Attention):
+    """The attention spec with 16-bit qkv and dout (ml_dtypes.bfloat16 or numpy.float16)."""
+    tol = 1e-2          # DESIGN.md's bf16 bound on the relative error against the reference
+
+    def __init__(self, precision="bf16"):
+        from ..precision import storage_dtype
+        self.precision = precision
+        self.dtype = storage_dtype(precision)
+
+    def inputs(self, xp, s, seed):
+        a = super().inputs(xp, s, seed)
+        a["qkv"], a["dout"] = a["qkv"].astype(self.dtype), a["dout"].astype(self.dtype)
+        return a
+
+    def bytes(self, s, pass_):
+        B, T, C, H = s["B"], s["T"], s["C"], s["H"]
+        if pass_ == "forward":     # qkv -> y (2 bytes each), lse (fp32)
+            return 2 * (3 * B * T * C + B * T * C) + F32 * B * H * T
+        return 2 * (3 * B * T * C + B * T * C + 3 * B * T * C) + F32 * B * H * T
+
+
+@dataclass
+class LowPrecisionCase(Case):
+    """A case of AttentionLowPrecision: op "attention" (the backend's op), its own spec."""
+    precision: str = "bf16"
+
+    @property
+    def spec(self):
+        return AttentionLowPrecision(self.precision)
+
+
+def attention_low_cases(B, T, C, H, precision="bf16", lengths=()):
+    """Forward and backward at (B, T) and at each further length with B*T tokens kept."""
+    out = []
+    for t in (T,) + tuple(x for x in lengths if x != T):
+        shape = dict(B=max(1, B * T // t), T=t, C=C, H=H)
+        for p in AttentionLowPrecision.passes:
+            out.append(LowPrecisionCase("attention", p, shape, f"{precision} tensor cores",
+                                        tags=[precision], precision=precision))
+    return out
+
+
+def check_attention_low(backend, shape, precision="bf16", seed=1):
+    """Relative error of the 16-bit forward and backward against the float64 reference."""
+    spec = AttentionLowPrecision(precision)
+    a = spec.inputs(backend.xp, shape, seed)
+    op = backend.attention
+    y, cache = op.forward(a["qkv"], shape["H"])
+    dqkv = op.backward(a["dout"], cache)
+    f64 = lambda x: np.asarray(backend.asnumpy(x)).astype(np.float64)   # noqa: E731
+    r_y, r_cache = reference.attention.forward(f64(a["qkv"]), shape["H"])
+    r_d = reference.attention.backward(f64(a["dout"]), r_cache)
+    return max(rel_err(f64(y), r_y), rel_err(f64(dqkv), r_d))
+
+
+def attention_low_summary(records, ceilings=None, goal=ATTENTION_LOW_GOAL):
+    """Lines for the report: per shape, forward + backward against SDPA (the goal's ratio) and
+    the share of the measured bf16 GEMM rate; the pass records gain `pct_of_bf16_gemm`."""
+    peak = (ceilings or {}).get("bf16_gemm_tflops")
+    rows = {}
+    for r in records:
+        if r["name"] != "attention" or not any(t in ("bf16", "fp16") for t in r.get("tags", ())):
+            continue
+        if peak and r.get("tflops"):
+            r["pct_of_bf16_gemm"] = 100.0 * r["tflops"] / peak
+        rows.setdefault((r["label"], tuple(r["shape"].items())), {})[r["pass"]] = r
+    lines = []
+    for (label, shape), passes in rows.items():
+        f, b = passes.get("forward"), passes.get("backward")
+        what = f"attention {label} fwd+bwd {' '.join(f'{k}={v}' for k, v in shape)}"
+        if not (f and b and f["ms"] and b["ms"]):
+            why = next((p["skip"] for p in (f, b) if p and p.get("skip")), "not timed")
+            lines.append(f"{what}: {why}")
+            continue
+        ours = f["ms"] + b["ms"]
+        line = f"{what}: {ours:.3f} ms"
+        if f["torch_ms"] and b["torch_ms"]:
+            torch_ms = f["torch_ms"] + b["torch_ms"]
+            pct = 100.0 * torch_ms / ours
+            line += (f", SDPA {torch_ms:.3f} ms: {pct:.0f}% of SDPA's speed (goal >= {goal:.0f}%"
+                     f"{'' if pct >= goal else ', missed'})")
+        else:
+            line += f", SDPA not timed ({f.get('torch_skip') or b.get('torch_skip') or 'no torch'})"
+        if peak:
+            tflops = (f["flops"] + b["flops"]) / (ours * 1e-3) / 1e12
+            line += f"; {tflops:.1f} TFLOP/s = {100 * tflops / peak:.0f}% of the bf16 GEMM ceiling"
+        lines.append(line)
+    return lines
+
+
 __all__ = ["Case", "SPECS", "OPS", "model_cases", "sweep_cases", "select", "run_table", "rates",
            "roofline_bound", "summarize_goals", "model_dims"]
