@@ -19,6 +19,19 @@ def token_ids(rt, idx, name="idx"):
     return idx
 
 
+def storage_inputs(rt, **arrays):
+    """The arrays as the backend's, each of a storage type: float32, bfloat16 (ml_dtypes) or
+    float16 (Runtime.input lets integer arrays through for token ids; here they are refused, so
+    a uint16 array is never read as bfloat16 bits). Pass them to the bindings through rt.bits."""
+    out = []
+    for name, a in arrays.items():
+        a = rt.input(name, a)
+        if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+            raise TypeError(f"{name}: expected float32, bfloat16 or float16 values, got {a.dtype}")
+        out.append(a)
+    return out
+
+
 class Embedding:
     def __init__(self, runtime):
         self.rt = runtime

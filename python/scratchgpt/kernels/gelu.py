@@ -2,7 +2,10 @@
 
 forward(x, approximate="tanh" | "none") -> out, cache (x, approximate); backward(dout, cache) -> dx.
 "tanh" is the GPT-1/2/3 approximation, "none" the exact erf form (GPTConfig.gelu).
+Storage: x is float32, bfloat16 (ml_dtypes) or float16; out, and dout and dx in the backward, are
+of x's dtype (computed in float32, rounded once to that type).
 """
+from .embedding import storage_inputs
 
 
 class Gelu:
@@ -18,16 +21,16 @@ class Gelu:
     def forward(self, x, approximate="tanh"):
         rt = self.rt
         mode = self._mode(approximate)
-        (x,) = rt.inputs(x=x)
-        out = rt.empty(x.shape)
-        rt.lib.gelu_forward(out, x, mode, rt.stream())
+        (x,) = storage_inputs(rt, x=x)
+        out = rt.empty(x.shape, x.dtype)
+        rt.lib.gelu_forward(rt.bits(out), rt.bits(x), mode, rt.stream())
         return out, (x, approximate)
 
     def backward(self, dout, cache):
         rt = self.rt
         x, approximate = cache
         mode = self._mode(approximate)
-        (dout,) = rt.inputs(dout=dout)
-        dx = rt.empty(x.shape)
-        rt.lib.gelu_backward(dx, dout, x, mode, rt.stream())
+        (dout,) = storage_inputs(rt, dout=dout)
+        dx = rt.empty(x.shape, x.dtype)
+        rt.lib.gelu_backward(rt.bits(dx), rt.bits(dout), rt.bits(x), mode, rt.stream())
         return dx

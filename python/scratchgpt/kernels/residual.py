@@ -3,7 +3,11 @@
 forward(a, b) -> a + b, None; backward(dout, cache=None) -> (dout, dout), no kernel and no copy
 (the gradient of a sum reaches both inputs unchanged). accumulate(acc, b) adds b into acc in
 place and returns acc: the same kernel with the output aliasing its first input.
+Storage: a and b of one dtype, float32, bfloat16 (ml_dtypes) or float16; the sum is formed in
+float32 and rounded once to that dtype (float32 operands, e.g. two parameter gradients, are
+added in float32).
 """
+from .embedding import storage_inputs
 
 
 class Residual:
@@ -12,9 +16,9 @@ class Residual:
 
     def forward(self, a, b):
         rt = self.rt
-        a, b = rt.inputs(a=a, b=b)
-        out = rt.empty(a.shape)
-        rt.lib.residual_forward(out, a, b, rt.stream())
+        a, b = storage_inputs(rt, a=a, b=b)
+        out = rt.empty(a.shape, a.dtype)
+        rt.lib.residual_forward(rt.bits(out), rt.bits(a), rt.bits(b), rt.stream())
         return out, None
 
     def backward(self, dout, cache=None):
@@ -22,6 +26,6 @@ class Residual:
 
     def accumulate(self, acc, b):
         rt = self.rt
-        acc, b = rt.inputs(acc=acc, b=b)
-        rt.lib.residual_forward(acc, acc, b, rt.stream())
+        acc, b = storage_inputs(rt, acc=acc, b=b)
+        rt.lib.residual_forward(rt.bits(acc), rt.bits(acc), rt.bits(b), rt.stream())
         return acc
