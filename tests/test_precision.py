@@ -429,7 +429,7 @@ def test_gelu(precision, approximate, rng):
         X = Bound(f64(x))
         ref = 0.5 * X * ((X / math.sqrt(2.0)).erf() + 1.0)
     check_storage(out, ref, precision, f"gelu {approximate} out")
-    assert cache[1][0] is x                              # nothing but x is kept (recomputed)
+    assert cache.stored[0] is x                          # nothing but x is kept (recomputed)
     dout = draw(rng, x.shape, precision)
     dx = be.gelu.backward(dout, cache)
     D = Bound(f64(dout))
@@ -956,3 +956,22 @@ def test_fp16_gradients_underflow_without_the_loss_scale():
     assert over["act_overflow"] > 0 and not over["finite"]
     bf = uf.measure(cfg, params, tok[:, :-1], tok[:, 1:], [1.0], precision="bf16")[0]
     assert bf["act_flushed_pct"] == 0 and bf["act_subnormal_pct"] == 0   # fp32's range
+
+
+@pytest.mark.parametrize("p", LOW)
+def test_hugging_face_folder_round_trip_keeps_the_fp32_masters(p, tmp_path):
+    """save_pretrained writes the fp32 masters; from_pretrained(precision=...) reads them back
+    as masters and rounds its own working copy: the same logits as the model saved."""
+    cfg = GPTConfig.preset("nano")
+    m = GPT(cfg, seed=4, precision=p)
+    m.save_pretrained(tmp_path)
+    back = GPT.from_pretrained(tmp_path, precision=p)
+    assert back.precision == p and back.dtype == np.float32
+    for k in m.params:
+        np.testing.assert_array_equal(back.params[k], m.params[k])
+        assert back.params_lp[k].dtype == storage_dtype(p)
+    idx = np.random.default_rng(0).integers(0, 32, (2, 16))
+    a, b = m.eval().forward(idx)[0], back.eval().forward(idx)[0]
+    np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+    with pytest.raises(KernelsMissing):
+        GPT.from_pretrained(tmp_path, backend="host", precision=p)

@@ -161,6 +161,13 @@ ROUNDINGS = {
 # adamw is not wrapped: it updates the fp32 masters with fp32 gradients and moments
 
 
+class _Recompute:
+    """The cache of an op that recomputes its own in the backward: its stored S inputs."""
+
+    def __init__(self, stored, kwargs):
+        self.stored, self.kwargs = stored, kwargs
+
+
 class StorageOp:
     """One reference op with S storage: inputs rounded to S (a no-op for S arrays) and
     widened to fp32, the reference run in fp32, outputs rounded once as ROUNDINGS says."""
@@ -171,7 +178,10 @@ class StorageOp:
         self.rules = ROUNDINGS[name]
 
     def __getattr__(self, attr):                  # allowed_mask, split_heads, ...
-        return getattr(self.op, attr)
+        op = self.__dict__.get("op")
+        if op is None:
+            raise AttributeError(attr)
+        return getattr(op, attr)
 
     def _is_float(self, a):
         return isinstance(a, np.ndarray) and (a.dtype.kind == "f" or a.dtype == self.S)
@@ -195,7 +205,7 @@ class StorageOp:
         if self.rules.output_rounded:
             out = self._round(out)
         if self.rules.recompute:
-            return out, ("recompute", stored, kwargs)
+            return out, _Recompute(stored, kwargs)
         if cache is not None and self.rules.saved:
             cache = tuple(self._keep(c, wide, stored) if i in self.rules.saved else c
                           for i, c in enumerate(cache))
@@ -212,9 +222,8 @@ class StorageOp:
     def backward(self, dout, cache):
         if self.rules.passes_dout:
             return self.op.backward(dout, cache)
-        if isinstance(cache, tuple) and len(cache) == 3 and isinstance(cache[0], str):
-            _, stored, kwargs = cache                       # recompute the forward's cache
-            cache = self.op.forward(*[self._wide(a) for a in stored], **kwargs)[1]
+        if isinstance(cache, _Recompute):                   # rebuild the forward's cache
+            cache = self.op.forward(*[self._wide(a) for a in cache.stored], **cache.kwargs)[1]
         elif cache is not None and self.rules.saved:
             cache = tuple(self._wide(c) if i in self.rules.saved else c
                           for i, c in enumerate(cache))
