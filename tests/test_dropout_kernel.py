@@ -1,12 +1,14 @@
 """csrc/dropout.cu against reference/dropout.py, on the host executor always and, marked `cuda`,
 on the GPU: the generator's known answers, and masks and outputs equal to the reference's bit
 for bit for the same (seed, stream, offset). Outputs are poisoned before each launch.
+bfloat16 / float16 storage: the same masks; out = R(f(x) * scale) within the derived bound of
+the float64 product and bit for bit NumPy's float32 product rounded to T.
 """
 import numpy as np
 import pytest
 from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
-from kernelutil import poisoned, shifted
+from kernelutil import U32, assert_within, device_shifted, f64, poisoned, shifted, storage
 from scratchgpt.reference import dropout as ref
 from test_dropout import KNOWN_ANSWERS
 
@@ -134,3 +136,79 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.dropout_philox_blocks(np.empty((2, 3), np.int32), 0, 0, 0)
     with pytest.raises(ValueError, match=r"^out: shares memory with x"):
         lib.dropout_apply(x, x, 5, 2.0, 0, 0, 0)
+
+
+# ----------------------------------------------------------------- bfloat16 / float16 storage
+KINDS = ["bf16", "fp16"]
+
+
+def check_storage(rt, x, p, seed, stream, offset, kind, place=None):
+    """x rounded to T; out = R(f(x) * keep * scale), scale = float32(1 / (1 - p)) (an input of the
+    kernel). Bound: one float32 product (e32 = u |exact|), one rounding to T:
+    |got - exact| <= u_T |exact| + e32 + floor_T. The kernel does NumPy's float32 product and
+    round-to-nearest-even cast exactly, so the bits agree too, and the mask is the reference's."""
+    place = place or rt.asarray
+    xs = storage(x, kind)
+    scale = np.float32(1 / (1 - p))
+    out = poisoned(rt, x.shape, xs.dtype)
+    rt.lib.dropout_apply(rt.bits(out), rt.bits(place(xs)), ref.threshold(p), float(scale), seed, stream,
+                         offset, rt.stream())
+    got = rt.asnumpy(out)
+    keep = ref.keep_mask(x.shape, p, seed, stream, offset)
+    exact = f64(xs) * keep * float(scale)
+    assert_within(got, exact, U32 * np.abs(exact), kind, "out", dtype=xs.dtype)
+    want = (xs.astype(np.float32) * keep.astype(np.float32) * scale).astype(xs.dtype)
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    assert np.array_equal(got.astype(np.float32) != 0, keep)   # the mask itself (x has no zeros)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n, offset", [(1, 0), (7, 1), (8, 0), (8, 4), (9, 3), (17, 8), (1001, 5),
+                                       (4096, 8), (4099, 2**64 - 4100)])
+def test_storage_sizes_and_offsets(kernel_runtime, kind, n, offset):
+    """Ragged first and last groups of 8, whole 16-byte packs, the end of the counter range."""
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32) + 5.0
+    check_storage(kernel_runtime, x, 0.3, 12345, 7, offset, kind)
+
+
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), p=st.sampled_from([1e-9, 0.1, 0.5, 0.9]),
+       seed=U64, stream=st.integers(0, 2**20), offset=st.integers(0, 17), data_seed=st.integers(0, 99),
+       kind=st.sampled_from(KINDS))
+def test_storage_matches_exact(kernel_runtime, shape, p, seed, stream, offset, data_seed, kind):
+    x = np.random.default_rng(data_seed).standard_normal(shape).astype(np.float32) + 3.0
+    check_storage(kernel_runtime, x, p, seed, stream, offset, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_misaligned_arrays_take_the_scalar_path(kernel_runtime, kind):
+    rt = kernel_runtime
+    x = np.random.default_rng(1).standard_normal(37).astype(np.float32) - 4.0
+    check_storage(rt, x, 0.4, 5, 6, 0, kind, place=lambda a: device_shifted(rt, a))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_wrapper_forward_and_backward(kernel_runtime, kind):
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    op = REGISTRY["dropout"](rt)
+    rng = np.random.default_rng(2)
+    x, dout = (storage(rng.standard_normal((3, 5, 12)), kind) for _ in range(2))
+    scale = np.float32(1 / (1 - 0.25))
+    keep = ref.keep_mask(x.shape, 0.25, 99, 3, 8).astype(np.float32)
+    out, cache = op.forward(rt.asarray(x), 0.25, seed=99, stream=3, offset=8)
+    dx = op.backward(rt.asarray(dout), cache)
+    for got, a in ((out, x), (dx, dout)):
+        assert got.dtype == x.dtype
+        want = (a.astype(np.float32) * keep * scale).astype(x.dtype)
+        np.testing.assert_array_equal(rt.asnumpy(got).view(np.uint16), want.view(np.uint16))
+
+
+def test_storage_dtypes_are_checked_by_name(host_runtime):
+    rt, lib = host_runtime, host_runtime.lib
+    x = np.ones((4, 4), np.float32)
+    with pytest.raises(TypeError, match=r"^out: expected bfloat16 \(uint16 bits\) like x, got float32"):
+        lib.dropout_apply(np.empty_like(x), rt.bits(storage(x, "bf16")), 5, 2.0, 0, 0, 0)
+    with pytest.raises(TypeError, match=r"^out: expected float32 like x, got float16"):
+        lib.dropout_apply(np.empty((4, 4), np.float16), x, 5, 2.0, 0, 0, 0)
+    with pytest.raises(TypeError, match=r"^x: expected float32, bfloat16 \(uint16 bits\) or float16, got int32"):
+        lib.dropout_apply(np.empty((4, 4), np.int32), x.astype(np.int32), 5, 2.0, 0, 0, 0)
