@@ -87,7 +87,8 @@ def master_dtype(precision, dtype=None):
     if precision == "fp32":
         return dtype or "float64"
     if dtype not in (None, "float32", np.float32):
-        raise ValueError(f"dtype: precision {precision} keeps float32 master weights, got {dtype!r}")
+        raise ValueError(f"dtype: precision {precision} keeps float32 master weights, "
+                         f"got {dtype!r}")
     return "float32"
 
 
