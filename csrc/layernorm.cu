@@ -1,13 +1,19 @@
 // csrc/layernorm.cu — layer normalisation over the last axis (docs/gradients/layernorm.md,
-// python/scratchgpt/reference/layernorm.py). float32, rows of C contiguous values.
+// python/scratchgpt/reference/layernorm.py). Rows of C contiguous values stored in
+// T = float, __nv_bfloat16 or __half (csrc/elementwise.h), computed in float.
+//
+// Storage: x, weight, bias, out, dout and dx are T; mean and rstd (saved for the backward) and
+// the parameter gradients dweight, dbias (and their workspace) are float32 whatever T is. Every
+// sum is a float32 sum of widened T values; out and dx are rounded once to T.
 //
 // Forward (one warp per row, 8 rows per block):
 //   mean = sum(x) / C;  rstd = 1 / sqrt(sum((x - mean)^2) / C + eps);  out = (x - mean) * rstd * w + b
 // A row is read three times (sum, centred sum of squares, output): the second and third reads
-// hit L1/L2, and the two-pass variance has no cancellation. Loads are float4 when C % 4 == 0 and
-// every pointer is 16-byte aligned (the launcher picks the kernel); lane i takes elements
-// 4i, 4i+128, ... so that a warp reads 512 contiguous bytes at a time. mean and rstd are saved
-// for the backward.
+// hit L1/L2, and the two-pass variance has no cancellation. Loads are 16-byte packs (4 floats or
+// 8 bf16 / fp16, N = 16 / sizeof(T)) when C % N == 0 and every pointer is 16-byte aligned (the
+// launcher picks the kernel); lane i takes elements N i .. N i + N - 1, then 32 N further on, so
+// that a warp reads 512 contiguous bytes at a time. Traffic per row: 3 C sizeof(T) read (x), C
+// sizeof(T) written, plus 8 bytes of statistics.
 //
 // Backward, three kernels:
 //   1. dx, one warp per row: g = dout * w, xhat = (x - mean) * rstd,
@@ -15,11 +21,12 @@
 //   2. dweight / dbias partial sums: a block owns 32 columns and a chunk of kRowsPerChunk rows
 //      (blockIdx.x = chunk * column blocks + column block: chunks on grid.x, not capped at
 //      grid.y's 65535 = 8.4 M rows); its 32x8 threads walk the rows (coalesced across columns),
-//      meet in shared memory and write one partial per column per chunk to the workspace
-//      [chunks, 2, C];
+//      meet in shared memory and write one float32 partial per column per chunk to the
+//      workspace [chunks, 2, C];
 //   3. the partials are summed per column in chunk order.
 // No atomics: every sum has a fixed order, so results are deterministic run to run.
 #include "core/kernel.h"
+#include "csrc/elementwise.h"
 #include "csrc/launchers.h"
 
 namespace scratch::kernels {
@@ -29,56 +36,67 @@ constexpr int kWarpsPerBlock = 8;     // rows per block in the row kernels
 constexpr int kRowsPerChunk = 128;    // rows per block in the dweight/dbias partial kernel
 constexpr int kFinalizeThreads = 256;
 
-template <bool kVec4>
+// s[0] + ... + s[N-1] as a pairwise tree: ((s0 + s1) + (s2 + s3)) + ... (N a power of two).
+template <int N>
+__device__ __forceinline__ float tree_sum(float (&s)[N]) {
+    for (int w = 1; w < N; w *= 2)
+        for (int i = 0; i + w < N; i += 2 * w) s[i] += s[i + w];
+    return s[0];
+}
+
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
-layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean_out,
-                         float* __restrict__ rstd_out, const float* __restrict__ x,
-                         const float* __restrict__ weight, const float* __restrict__ bias,
+layernorm_forward_kernel(T* __restrict__ out, float* __restrict__ mean_out,
+                         float* __restrict__ rstd_out, const T* __restrict__ x,
+                         const T* __restrict__ weight, const T* __restrict__ bias,
                          int N, int C, float eps) {
+    constexpr int V = Pack<T>::N;   // values per lane per access
     const int lane = threadIdx.x;
     const int row = blockIdx.x * kWarpsPerBlock + threadIdx.y;
     if (row >= N) return;   // whole warps leave together
-    const float* xr = x + size_t(row) * C;
-    float* yr = out + size_t(row) * C;
+    const T* xr = x + size_t(row) * C;
+    T* yr = out + size_t(row) * C;
 
     float sum = 0.0f;
-    if (kVec4) {
-        for (int i = 4 * lane; i < C; i += 128) {
-            const float4 v = load_float4(xr + i);
-            sum += (v.x + v.y) + (v.z + v.w);
+    if (kVec) {
+        for (int i = V * lane; i < C; i += 32 * V) {
+            Pack<T> v = load_pack(xr + i);
+            sum += tree_sum(v.v);
         }
     } else {
-        for (int i = lane; i < C; i += 32) sum += xr[i];
+        for (int i = lane; i < C; i += 32) sum += to_float(xr[i]);
     }
     const float mean = warp_sum(sum) / C;
 
     float sq = 0.0f;
-    if (kVec4) {
-        for (int i = 4 * lane; i < C; i += 128) {
-            const float4 v = load_float4(xr + i);
-            const float a = v.x - mean, b = v.y - mean, c = v.z - mean, d = v.w - mean;
-            sq += (a * a + b * b) + (c * c + d * d);
+    if (kVec) {
+        for (int i = V * lane; i < C; i += 32 * V) {
+            const Pack<T> v = load_pack(xr + i);
+            float d[V];
+            for (int k = 0; k < V; ++k) {
+                const float c = v.v[k] - mean;
+                d[k] = c * c;
+            }
+            sq += tree_sum(d);
         }
     } else {
         for (int i = lane; i < C; i += 32) {
-            const float d = xr[i] - mean;
+            const float d = to_float(xr[i]) - mean;
             sq += d * d;
         }
     }
     const float rstd = rsqrtf(warp_sum(sq) / C + eps);
 
-    if (kVec4) {
-        for (int i = 4 * lane; i < C; i += 128) {
-            const float4 v = load_float4(xr + i);
-            const float4 w = load_float4(weight + i);
-            const float4 b = load_float4(bias + i);
-            store_float4(yr + i, make_float4((v.x - mean) * rstd * w.x + b.x,
-                                             (v.y - mean) * rstd * w.y + b.y,
-                                             (v.z - mean) * rstd * w.z + b.z,
-                                             (v.w - mean) * rstd * w.w + b.w));
+    if (kVec) {
+        for (int i = V * lane; i < C; i += 32 * V) {
+            Pack<T> v = load_pack(xr + i);
+            const Pack<T> w = load_pack(weight + i), b = load_pack(bias + i);
+            for (int k = 0; k < V; ++k) v.v[k] = (v.v[k] - mean) * rstd * w.v[k] + b.v[k];
+            store_pack(yr + i, v);
         }
     } else {
-        for (int i = lane; i < C; i += 32) yr[i] = (xr[i] - mean) * rstd * weight[i] + bias[i];
+        for (int i = lane; i < C; i += 32)
+            yr[i] = from_float<T>((to_float(xr[i]) - mean) * rstd * to_float(weight[i]) + to_float(bias[i]));
     }
     if (lane == 0) {
         mean_out[row] = mean;
@@ -86,62 +104,68 @@ layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean_out,
     }
 }
 
-template <bool kVec4>
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
-layernorm_backward_dx_kernel(float* __restrict__ dx, const float* __restrict__ dout,
-                             const float* __restrict__ x, const float* __restrict__ weight,
+layernorm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dout,
+                             const T* __restrict__ x, const T* __restrict__ weight,
                              const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
                              int N, int C) {
+    constexpr int V = Pack<T>::N;
     const int lane = threadIdx.x;
     const int row = blockIdx.x * kWarpsPerBlock + threadIdx.y;
     if (row >= N) return;
     const size_t offset = size_t(row) * C;
-    const float* xr = x + offset;
-    const float* gr = dout + offset;
-    float* dxr = dx + offset;
+    const T* xr = x + offset;
+    const T* gr = dout + offset;
+    T* dxr = dx + offset;
     const float mean = mean_in[row], rstd = rstd_in[row];
 
     // sum(g) and sum(g * xhat), g = dout * w
     float sum_g = 0.0f, sum_gx = 0.0f;
-    if (kVec4) {
-        for (int i = 4 * lane; i < C; i += 128) {
-            const float4 v = load_float4(xr + i), d = load_float4(gr + i), w = load_float4(weight + i);
-            const float g0 = d.x * w.x, g1 = d.y * w.y, g2 = d.z * w.z, g3 = d.w * w.w;
-            sum_g += (g0 + g1) + (g2 + g3);
-            sum_gx += (g0 * (v.x - mean) + g1 * (v.y - mean)) + (g2 * (v.z - mean) + g3 * (v.w - mean));
+    if (kVec) {
+        for (int i = V * lane; i < C; i += 32 * V) {
+            const Pack<T> v = load_pack(xr + i), d = load_pack(gr + i), w = load_pack(weight + i);
+            float g[V], gx[V];
+            for (int k = 0; k < V; ++k) {
+                g[k] = d.v[k] * w.v[k];
+                gx[k] = g[k] * (v.v[k] - mean);
+            }
+            sum_g += tree_sum(g);
+            sum_gx += tree_sum(gx);
         }
     } else {
         for (int i = lane; i < C; i += 32) {
-            const float g = gr[i] * weight[i];
+            const float g = to_float(gr[i]) * to_float(weight[i]);
             sum_g += g;
-            sum_gx += g * (xr[i] - mean);
+            sum_gx += g * (to_float(xr[i]) - mean);
         }
     }
     const float mean_g = warp_sum(sum_g) / C;
     const float mean_gx = warp_sum(sum_gx) * rstd / C;
 
-    if (kVec4) {
-        for (int i = 4 * lane; i < C; i += 128) {
-            const float4 v = load_float4(xr + i), d = load_float4(gr + i), w = load_float4(weight + i);
-            store_float4(dxr + i,
-                         make_float4(rstd * (d.x * w.x - mean_g - (v.x - mean) * rstd * mean_gx),
-                                     rstd * (d.y * w.y - mean_g - (v.y - mean) * rstd * mean_gx),
-                                     rstd * (d.z * w.z - mean_g - (v.z - mean) * rstd * mean_gx),
-                                     rstd * (d.w * w.w - mean_g - (v.w - mean) * rstd * mean_gx)));
+    if (kVec) {
+        for (int i = V * lane; i < C; i += 32 * V) {
+            const Pack<T> v = load_pack(xr + i), d = load_pack(gr + i), w = load_pack(weight + i);
+            Pack<T> r;
+            for (int k = 0; k < V; ++k)
+                r.v[k] = rstd * (d.v[k] * w.v[k] - mean_g - (v.v[k] - mean) * rstd * mean_gx);
+            store_pack(dxr + i, r);
         }
     } else {
         for (int i = lane; i < C; i += 32)
-            dxr[i] = rstd * (gr[i] * weight[i] - mean_g - (xr[i] - mean) * rstd * mean_gx);
+            dxr[i] = from_float<T>(rstd * (to_float(gr[i]) * to_float(weight[i]) - mean_g
+                                           - (to_float(xr[i]) - mean) * rstd * mean_gx));
     }
 }
 
 // Block (32, 8), blockIdx.x = chunk * column blocks + column block: column
 // column block * 32 + threadIdx.x, rows of the chunk strided by 8.
 // workspace[chunk][0][c] = sum of dout * xhat, workspace[chunk][1][c] = sum of dout.
+template <typename T>
 __global__ void __launch_bounds__(256)
 layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
-                                          const float* __restrict__ dout,
-                                          const float* __restrict__ x,
+                                          const T* __restrict__ dout,
+                                          const T* __restrict__ x,
                                           const float* __restrict__ mean_in,
                                           const float* __restrict__ rstd_in, int N, int C) {
     SCRATCH_SHARED(float, dweight_part, [8][33]);   // +1 column: no bank conflicts on the transpose read
@@ -155,8 +179,8 @@ layernorm_backward_dparams_partial_kernel(float* __restrict__ workspace,
     if (c < C) {
         for (int r = row_begin + threadIdx.y; r < row_end; r += 8) {
             const size_t i = size_t(r) * C + c;
-            const float d = dout[i];
-            acc_w += d * (x[i] - mean_in[r]) * rstd_in[r];
+            const float d = to_float(dout[i]);
+            acc_w += d * (to_float(x[i]) - mean_in[r]) * rstd_in[r];
             acc_b += d;
         }
     }
@@ -189,9 +213,10 @@ layernorm_backward_dparams_finalize_kernel(float* __restrict__ dweight, float* _
     dbias[c] = b;
 }
 
-// float4 path: C divisible by 4 and every row pointer 16-byte aligned.
+// Pack path: C divisible by the pack's N values and every row pointer 16-byte aligned.
+template <typename T>
 bool vectorisable(int C, std::initializer_list<const Tensor*> ts) {
-    if (C % 4 != 0) return false;
+    if (C % Pack<T>::N != 0) return false;
     for (const Tensor* t : ts)
         if (!is_aligned(t->data, 16)) return false;
     return true;
@@ -199,7 +224,6 @@ bool vectorisable(int C, std::initializer_list<const Tensor*> ts) {
 
 // x is [..., C] with C > 0; returns (rows, C) as ints.
 std::pair<int, int> rows_and_columns(const Tensor& x) {
-    expect_input(x, DType::F32);
     expect_ndim(x, 1, Tensor::kMaxDims);
     if (x.size(-1) == 0) throw ValueError(str(x.name, ": the last dimension (C) must be > 0"));
     return {to_int(x.rows(), "rows of x"), to_int(x.size(-1), "C")};
@@ -209,30 +233,34 @@ std::pair<int, int> rows_and_columns(const Tensor& x) {
 
 void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& x,
                        const Tensor& weight, const Tensor& bias, float eps, Stream stream) {
-    const auto [N, C] = rows_and_columns(x);
-    expect_input(weight, DType::F32);
-    expect_input(bias, DType::F32);
-    expect_shape(weight, {C});
-    expect_shape(bias, {C});
-    expect_output(out, DType::F32);
-    expect_same_shape(out, x);
-    expect_output(mean, DType::F32);
-    expect_output(rstd, DType::F32);
-    expect_numel(mean, N, "one mean per row of x");
-    expect_numel(rstd, N, "one rstd per row of x");
-    expect_same_device({&x, &weight, &bias, &out, &mean, &rstd});
-    if (!(eps >= 0.0f)) throw ValueError(str("eps: expected a non-negative number, got ", eps));
+    dispatch_storage(x, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        expect_storage<T>(x, x);
+        const auto [N, C] = rows_and_columns(x);
+        expect_storage<T>(weight, x);
+        expect_storage<T>(bias, x);
+        expect_shape(weight, {C});
+        expect_shape(bias, {C});
+        expect_storage_output<T>(out, x);
+        expect_same_shape(out, x);
+        expect_output(mean, DType::F32);
+        expect_output(rstd, DType::F32);
+        expect_numel(mean, N, "one mean per row of x");
+        expect_numel(rstd, N, "one rstd per row of x");
+        expect_same_device({&x, &weight, &bias, &out, &mean, &rstd});
+        if (!(eps >= 0.0f)) throw ValueError(str("eps: expected a non-negative number, got ", eps));
 
-    const dim3 grid(ceil_div(N, kWarpsPerBlock)), block(32, kWarpsPerBlock);
-    auto s = static_cast<cudaStream_t>(stream);
-    if (vectorisable(C, {&x, &out, &weight, &bias}))
-        launch("layernorm_forward_kernel<vec4>", layernorm_forward_kernel<true>, grid, block, 0, s,
-               out.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), x.ptr<float>(),
-               weight.ptr<float>(), bias.ptr<float>(), N, C, eps);
-    else
-        launch("layernorm_forward_kernel<scalar>", layernorm_forward_kernel<false>, grid, block, 0, s,
-               out.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), x.ptr<float>(),
-               weight.ptr<float>(), bias.ptr<float>(), N, C, eps);
+        const dim3 grid(ceil_div(N, kWarpsPerBlock)), block(32, kWarpsPerBlock);
+        auto s = static_cast<cudaStream_t>(stream);
+        if (vectorisable<T>(C, {&x, &out, &weight, &bias}))
+            launch("layernorm_forward_kernel<pack>", layernorm_forward_kernel<T, true>, grid, block, 0, s,
+                   out.ptr<T>(), mean.ptr<float>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<T>(),
+                   bias.ptr<T>(), N, C, eps);
+        else
+            launch("layernorm_forward_kernel<scalar>", layernorm_forward_kernel<T, false>, grid, block, 0, s,
+                   out.ptr<T>(), mean.ptr<float>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<T>(),
+                   bias.ptr<T>(), N, C, eps);
+    });
 }
 
 int64_t layernorm_backward_workspace(int64_t rows, int64_t C) {
@@ -242,50 +270,54 @@ int64_t layernorm_backward_workspace(int64_t rows, int64_t C) {
 void layernorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dbias,
                         const Tensor& workspace, const Tensor& dout, const Tensor& x,
                         const Tensor& weight, const Tensor& mean, const Tensor& rstd, Stream stream) {
-    const auto [N, C] = rows_and_columns(x);
-    expect_input(dout, DType::F32);
-    expect_same_shape(dout, x);
-    expect_input(weight, DType::F32);
-    expect_shape(weight, {C});
-    expect_input(mean, DType::F32);
-    expect_input(rstd, DType::F32);
-    expect_numel(mean, N, "one mean per row of x");
-    expect_numel(rstd, N, "one rstd per row of x");
-    expect_output(dx, DType::F32);
-    expect_same_shape(dx, x);
-    expect_output(dweight, DType::F32);
-    expect_output(dbias, DType::F32);
-    expect_shape(dweight, {C});
-    expect_shape(dbias, {C});
-    expect_output(workspace, DType::F32);
-    const int64_t need = layernorm_backward_workspace(N, C);
-    if (workspace.numel() < need)
-        throw ValueError(str(workspace.name, ": expected at least ", need, " floats, got ",
-                             workspace.numel()));
-    expect_same_device({&x, &dout, &weight, &mean, &rstd, &dx, &dweight, &dbias, &workspace});
+    dispatch_storage(x, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        expect_storage<T>(x, x);
+        const auto [N, C] = rows_and_columns(x);
+        expect_storage<T>(dout, x);
+        expect_same_shape(dout, x);
+        expect_storage<T>(weight, x);
+        expect_shape(weight, {C});
+        expect_input(mean, DType::F32);
+        expect_input(rstd, DType::F32);
+        expect_numel(mean, N, "one mean per row of x");
+        expect_numel(rstd, N, "one rstd per row of x");
+        expect_storage_output<T>(dx, x);
+        expect_same_shape(dx, x);
+        expect_output(dweight, DType::F32);
+        expect_output(dbias, DType::F32);
+        expect_shape(dweight, {C});
+        expect_shape(dbias, {C});
+        expect_output(workspace, DType::F32);
+        const int64_t need = layernorm_backward_workspace(N, C);
+        if (workspace.numel() < need)
+            throw ValueError(str(workspace.name, ": expected at least ", need, " floats, got ",
+                                 workspace.numel()));
+        expect_same_device({&x, &dout, &weight, &mean, &rstd, &dx, &dweight, &dbias, &workspace});
 
-    auto s = static_cast<cudaStream_t>(stream);
-    const dim3 row_grid(ceil_div(N, kWarpsPerBlock)), row_block(32, kWarpsPerBlock);
-    if (vectorisable(C, {&x, &dout, &weight, &dx}))
-        launch("layernorm_backward_dx_kernel<vec4>", layernorm_backward_dx_kernel<true>, row_grid,
-               row_block, 0, s, dx.ptr<float>(), dout.ptr<float>(), x.ptr<float>(),
-               weight.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
-    else
-        launch("layernorm_backward_dx_kernel<scalar>", layernorm_backward_dx_kernel<false>, row_grid,
-               row_block, 0, s, dx.ptr<float>(), dout.ptr<float>(), x.ptr<float>(),
-               weight.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
+        auto s = static_cast<cudaStream_t>(stream);
+        const dim3 row_grid(ceil_div(N, kWarpsPerBlock)), row_block(32, kWarpsPerBlock);
+        if (vectorisable<T>(C, {&x, &dout, &weight, &dx}))
+            launch("layernorm_backward_dx_kernel<pack>", layernorm_backward_dx_kernel<T, true>, row_grid,
+                   row_block, 0, s, dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), weight.ptr<T>(),
+                   mean.ptr<float>(), rstd.ptr<float>(), N, C);
+        else
+            launch("layernorm_backward_dx_kernel<scalar>", layernorm_backward_dx_kernel<T, false>, row_grid,
+                   row_block, 0, s, dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), weight.ptr<T>(),
+                   mean.ptr<float>(), rstd.ptr<float>(), N, C);
 
-    const int chunks = ceil_div(N, kRowsPerChunk);   // 0 rows: the finalize writes zeros
-    const int64_t partial_blocks = int64_t(chunks) * ceil_div(C, 32);
-    if (partial_blocks > 2147483647)
-        throw ValueError(str(x.name, ": ", N, " rows x ", C, " columns need more than 2^31 - 1 blocks"));
-    if (chunks > 0)
-        launch("layernorm_backward_dparams_partial_kernel", layernorm_backward_dparams_partial_kernel,
-               dim3(unsigned(partial_blocks)), dim3(32, 8), 0, s, workspace.ptr<float>(),
-               dout.ptr<float>(), x.ptr<float>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
-    launch("layernorm_backward_dparams_finalize_kernel", layernorm_backward_dparams_finalize_kernel,
-           dim3(ceil_div(C, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s, dweight.ptr<float>(),
-           dbias.ptr<float>(), workspace.ptr<float>(), chunks, C);
+        const int chunks = ceil_div(N, kRowsPerChunk);   // 0 rows: the finalize writes zeros
+        const int64_t partial_blocks = int64_t(chunks) * ceil_div(C, 32);
+        if (partial_blocks > 2147483647)
+            throw ValueError(str(x.name, ": ", N, " rows x ", C, " columns need more than 2^31 - 1 blocks"));
+        if (chunks > 0)
+            launch("layernorm_backward_dparams_partial_kernel", layernorm_backward_dparams_partial_kernel<T>,
+                   dim3(unsigned(partial_blocks)), dim3(32, 8), 0, s, workspace.ptr<float>(),
+                   dout.ptr<T>(), x.ptr<T>(), mean.ptr<float>(), rstd.ptr<float>(), N, C);
+        launch("layernorm_backward_dparams_finalize_kernel", layernorm_backward_dparams_finalize_kernel,
+               dim3(ceil_div(C, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s, dweight.ptr<float>(),
+               dbias.ptr<float>(), workspace.ptr<float>(), chunks, C);
+    });
 }
 
 }  // namespace scratch::kernels

@@ -1,6 +1,8 @@
 """csrc/layernorm.cu against reference/layernorm.py (float64), on the host executor always and,
 marked `cuda`, on the GPU. Outputs are poisoned with NaN before each launch, so an element the
 kernel forgets to write fails. (The reference's own finite-difference tests: test_layernorm.py.)
+bfloat16 / float16 storage: against float64 on the same T-rounded inputs, element by element,
+within the bounds derived in storage_exact.
 """
 import warnings
 
@@ -9,6 +11,7 @@ import pytest
 from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import assert_sum_close, rel_err
+from kernelutil import U32, assert_within, device_shifted, f64, gamma, poisoned, storage
 from scratchgpt.reference import layernorm as ref
 
 # C: not a multiple of 4 or 32, exactly 4 / 32 / 128, GPT widths, the largest
@@ -132,7 +135,7 @@ def test_arguments_are_checked_by_name(host_runtime):
     with pytest.raises(ValueError, match=r"^mean: expected 4 elements"):
         lib.layernorm_forward(np.empty_like(x), np.empty(3, np.float32), np.empty(4, np.float32),
                               x, weight, bias, 1e-5)
-    with pytest.raises(TypeError, match=r"^x: expected float32, got int32"):
+    with pytest.raises(TypeError, match=r"^x: expected float32, bfloat16 \(uint16 bits\) or float16, got int32"):
         lib.layernorm_forward(np.empty((4, 8), np.float32), np.empty(4, np.float32),
                               np.empty(4, np.float32), x.astype(np.int32), weight, bias, 1e-5)
     with pytest.raises(ValueError, match=r"^x: the last dimension \(C\) must be > 0"):
@@ -229,3 +232,140 @@ def test_dparams_past_the_old_grid_limit(host_runtime):
     want_dx = rstd32[:, None] * (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True))
     assert np.isfinite(dx).all()
     np.testing.assert_allclose(dx, want_dx, rtol=1e-3, atol=1e-3 * np.abs(want_dx).max())
+
+
+# ----------------------------------------------------------------- bfloat16 / float16 storage
+KINDS = ["bf16", "fp16"]
+
+
+def storage_exact(x, weight, bias, dout, mean32, rstd32, eps=1e-5):
+    """float64 results on the (T-rounded) inputs, and e32, the bound of the kernel's float32
+    arithmetic, for each (gamma(n) = n u / (1 - n u), u = 2^-24; any order of a float32 sum of n
+    terms errs by at most gamma(n - 1) sum|terms|).
+
+    forward, from x, weight, bias: mean = sum(x) / C errs by dm <= gamma(C + 1) mean|x|; the
+    centred squares (x - mean^)^2 sum to C (v + dm^2) (the cross term sums to 0), so with the
+    division, + eps and rsqrtf (2 ulp) rstd errs relatively by
+        e_r <= gamma(C + 8) + dm^2 / (2 (v + eps));
+    out = (x - mean^) rstd^ w + b (4 roundings) errs by |xhat w| (e_r + 4u) + dm rstd |w| + u |b|.
+    backward, from dout, x, weight and the kernel's own mean and rstd (the backward's inputs, so
+    the exact dx and parameter gradients use them): g = dout w, dx = rstd (g - mean(g) - xhat
+    mean(g xhat)) with float32 means of C terms and 8 roundings around them:
+        e(dx) <= gamma(C + 8) rstd (|g| + mean|g| + |xhat| mean|g xhat|);
+    dweight = sum over rows of dout (x - mean) rstd (3 roundings per term), dbias = sum of dout:
+        e <= gamma(rows + 3) sum|dout xhat|,  gamma(rows) sum|dout|  (float32 outputs)."""
+    x, w, b, d = f64(x), f64(weight), f64(bias), f64(dout)
+    C = x.shape[-1]
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(var + eps)
+    xhat = (x - mean) * rstd
+    out = xhat * w + b
+    dm = gamma(C + 1) * np.abs(x).mean(-1, keepdims=True)
+    e_r = gamma(C + 8) + dm ** 2 / (2 * (var + eps))
+    e_out = np.abs(xhat * w) * (e_r + 4 * U32) + dm * rstd * np.abs(w) + U32 * np.abs(b)
+
+    m_k, r_k = f64(mean32).reshape(mean.shape), f64(rstd32).reshape(rstd.shape)
+    xh = (x - m_k) * r_k
+    g = d * w
+    dx = r_k * (g - g.mean(-1, keepdims=True) - xh * (g * xh).mean(-1, keepdims=True))
+    e_dx = gamma(C + 8) * r_k * (np.abs(g) + np.abs(g).mean(-1, keepdims=True)
+                                 + np.abs(xh) * np.abs(g * xh).mean(-1, keepdims=True))
+    rows = lambda a: a.reshape(-1, C)   # noqa: E731
+    n = rows(x).shape[0]
+    dweight, dbias = rows(d * xh).sum(0), rows(d).sum(0)
+    e_dweight = gamma(n + 3) * rows(np.abs(d * xh)).sum(0)
+    e_dbias = gamma(n) * rows(np.abs(d)).sum(0)
+    return dict(out=(out, e_out), mean=(mean, dm), rstd=(rstd, e_r * rstd), dx=(dx, e_dx),
+                dweight=(dweight, e_dweight), dbias=(dbias, e_dbias))
+
+
+def check_storage(rt, x, weight, bias, dout, kind, place=None, eps=1e-5):
+    """Inputs rounded to T; out and dx must be T within u_T |exact| + e32 + floor_T; mean, rstd,
+    dweight and dbias float32 within e32 + the float32 floor."""
+    place = place or rt.asarray
+    xs, ws, bs, ds = (storage(a, kind) for a in (x, weight, bias, dout))
+    T, lib = xs.dtype, rt.lib
+    rows = x.size // x.shape[-1]
+    out = poisoned(rt, x.shape, T)
+    mean, rstd = poisoned(rt, x.shape[:-1] + (1,)), poisoned(rt, x.shape[:-1] + (1,))
+    xd, wd = place(xs), place(ws)
+    lib.layernorm_forward(rt.bits(out), mean, rstd, rt.bits(xd), rt.bits(wd), rt.bits(place(bs)), eps,
+                          rt.stream())
+    dx, dweight, dbias = poisoned(rt, x.shape, T), poisoned(rt, weight.shape), poisoned(rt, weight.shape)
+    workspace = poisoned(rt, (lib.layernorm_backward_workspace(rows, x.shape[-1]),))
+    lib.layernorm_backward(rt.bits(dx), dweight, dbias, workspace, rt.bits(place(ds)), rt.bits(xd),
+                           rt.bits(wd), mean, rstd, rt.stream())
+    got = {k: rt.asnumpy(a) for k, a in
+           dict(out=out, mean=mean, rstd=rstd, dx=dx, dweight=dweight, dbias=dbias).items()}
+    want = storage_exact(xs, ws, bs, ds, got["mean"], got["rstd"], eps)
+    for name in ("out", "dx"):
+        assert_within(got[name], *want[name], kind, name, dtype=T)
+    for name in ("mean", "rstd", "dweight", "dbias"):
+        assert_within(got[name], *want[name], "fp32", name, dtype=np.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 8), (4, 9), (2, 3, 64), (6, 130), (2, 1023),
+                                   (3, 2048), (300, 24)])
+def test_storage_shapes(kernel_runtime, kind, shape):
+    """C around the 8-value pack (1, 7, 8, 9), not a multiple of 32, many rows (several chunks of
+    the parameter-gradient sums)."""
+    check_storage(kernel_runtime, *make_inputs(shape, sum(shape) + 3), kind)
+
+
+@given(lead=st.lists(st.integers(1, 6), min_size=0, max_size=2), rows=st.integers(1, 40),
+       C=st.sampled_from(WIDTHS + [8, 16, 24]), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+def test_storage_matches_exact(kernel_runtime, lead, rows, C, kind, seed):
+    check_storage(kernel_runtime, *make_inputs(tuple(lead) + (rows, C), seed), kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_misaligned_rows_take_the_scalar_path(kernel_runtime, kind):
+    """C % 8 == 0 but the arrays start 2 bytes past a 16-byte boundary."""
+    rt = kernel_runtime
+    check_storage(rt, *make_inputs((5, 64), 3), kind, place=lambda a: device_shifted(rt, a))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_wrapper(kernel_runtime, kind):
+    """The wrapper's dtypes: out and dx of x's type, mean, rstd, dweight, dbias float32."""
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    op = REGISTRY["layernorm"](rt)
+    x, weight, bias, dout = (storage(a, kind) for a in make_inputs((2, 3, 40), 5))
+    out, cache = op.forward(rt.asarray(x), rt.asarray(weight), rt.asarray(bias), eps=1e-3)
+    dx, dweight, dbias = op.backward(rt.asarray(dout), cache)
+    mean, rstd = (rt.asnumpy(a) for a in cache[1:3])
+    assert mean.shape == rstd.shape == (2, 3, 1)
+    want = storage_exact(x, weight, bias, dout, mean, rstd, eps=1e-3)
+    for name, a in dict(out=out, dx=dx).items():
+        assert_within(rt.asnumpy(a), *want[name], kind, name, dtype=x.dtype)
+    for name, a in dict(mean=mean, rstd=rstd, dweight=dweight, dbias=dbias).items():
+        assert_within(rt.asnumpy(a), *want[name], "fp32", name, dtype=np.float32)
+
+
+def test_storage_dtypes_are_checked_by_name(host_runtime):
+    from scratchgpt.kernels import REGISTRY
+    rt, lib = host_runtime, host_runtime.lib
+    op = REGISTRY["layernorm"](rt)
+    x, weight, bias, dout = make_inputs((4, 8), 0)
+    xb, wb, bb = (storage(a, "bf16") for a in (x, weight, bias))
+    stat = lambda: np.empty(4, np.float32)   # noqa: E731
+    with pytest.raises(TypeError, match=r"^weight: expected bfloat16 \(uint16 bits\) like x, got float32"):
+        op.forward(xb, weight, bb)
+    with pytest.raises(TypeError, match=r"^bias: expected float16 like x, got bfloat16 \(uint16 bits\)"):
+        op.forward(storage(x, "fp16"), storage(weight, "fp16"), bb)
+    with pytest.raises(TypeError, match=r"^out: expected bfloat16 \(uint16 bits\) like x, got float32"):
+        lib.layernorm_forward(np.empty((4, 8), np.float32), stat(), stat(), rt.bits(xb), rt.bits(wb),
+                              rt.bits(bb), 1e-5)
+    with pytest.raises(TypeError, match=r"^mean: expected float32, got float16"):
+        lib.layernorm_forward(np.empty((4, 8), np.float16), np.empty(4, np.float16), stat(),
+                              storage(x, "fp16"), storage(weight, "fp16"), storage(bias, "fp16"), 1e-5)
+    _, cache = op.forward(xb, wb, bb)
+    with pytest.raises(TypeError, match=r"^dout: expected bfloat16 \(uint16 bits\) like x, got float32"):
+        op.backward(dout, cache)
+    ws = np.empty(lib.layernorm_backward_workspace(4, 8), np.float32)
+    with pytest.raises(TypeError, match=r"^dweight: expected float32, got uint16"):
+        lib.layernorm_backward(rt.bits(np.empty_like(xb)), rt.bits(np.empty_like(wb)), np.empty(8, np.float32),
+                               ws, rt.bits(storage(dout, "bf16")), rt.bits(xb), rt.bits(wb), stat(), stat())
