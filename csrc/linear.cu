@@ -1,18 +1,26 @@
-// csrc/linear.cu — the linear layer (docs/gradients/linear.md, python/scratchgpt/reference/linear.py),
-// float32 throughout (no TF32). Weight in [OUT, IN] layout, x flattened to [M, IN] rows.
+// csrc/linear.cu — the linear layer (docs/gradients/linear.md, python/scratchgpt/reference/linear.py).
+// Weight in [OUT, IN] layout, x flattened to [M, IN] rows. Storage float32 (no TF32), or bfloat16 /
+// float16 (mixed precision: DESIGN.md, "Precision"), picked by x's dtype; one source for all three.
 //
 //   forward   out[M, OUT] = x[M, IN] W[OUT, IN]^T + b      (bias fused into the epilogue)
 //   backward  dx[M, IN]   = dy[M, OUT] W[OUT, IN]
 //             dW[OUT, IN] = dy[M, OUT]^T x[M, IN]
 //             db[OUT]     = column sums of dy              (deterministic two-stage reduction)
 //
-// The three products are one SGEMM, C[m, n] = sum_k A(m, k) B(k, n) (+ bias[n]), with each
+// dtypes per argument:   x, W, b, out, dy, dx   dW, db, workspace
+//   float32              float32                float32
+//   bf16 / fp16 (T)      T                      float32 (parameter gradients are fp32)
+// With T, each output is one rounding of an fp32 value: out = round_T(fp32(x W^T) + b) (the bias
+// widened and added in fp32 before the single rounding), dx = round_T(fp32(dy W)); dW and db stay
+// the fp32 sums. The NumPy reference (precision.py's StorageOp) rounds at the same places.
+//
+// The three products are one GEMM, C[m, n] = sum_k A(m, k) B(k, n) (+ bias[n]), with each
 // operand read either k-contiguous or row-contiguous (template flags):
 //   forward  A = x  (A(m,k) = x[m*IN + k],   k-contiguous)  B = W (B(k,n) = W[n*IN + k],   k-contiguous)
 //   dx       A = dy (A(m,k) = dy[m*OUT + k], k-contiguous)  B = W (B(k,n) = W[k*IN + n],   n-contiguous)
 //   dW       A = dy (A(m,k) = dy[k*OUT + m], m-contiguous)  B = x (B(k,n) = x[k*IN + n],   n-contiguous)
 //
-// Version 2 (the default) — tiled SGEMM, register-blocked:
+// Version 2 for float32 (the default) — tiled SGEMM, register-blocked:
 //   block   a BM x BN tile of C (128 x 128, or 64 x 64 when 128-tiles would leave SMs idle):
 //           blockIdx.x = tile row * tile columns + tile column (row tiles on grid.x, whose
 //           2^31 - 1 no matrix reaches; on grid.y they would cap M at 65535 tiles, 8.4 M rows),
@@ -47,6 +55,49 @@
 // blocks of a 32-column x 8-row tiling in one grid.x, row tile * column tiles + column tile).
 // Every A and B element is re-read by each of the N (M) threads that need it, through L1/L2,
 // with one load per FMA: memory/latency-bound where version 2 is compute-bound.
+// Version 1 is templated on the storage type: with T it reads T, sums in fp32, rounds once.
+//
+// Version 2 for bf16 / fp16 (T) — tensor cores: mma.sync m16n8k16 (T x T products, fp32
+// accumulate), ldmatrix, cp.async (core/mma.h: PTX on sm_80+, the PTX ISA's fragment layouts
+// emulated on the host executor). The same kernel serves the three products:
+//   block   a BM x BN tile of C: 128 x 128 with 8 warps (2 x 4) when there are at least 2 blocks
+//           per SM of an H100 (264), else 64 x 64 with 4 warps (2 x 2); BK = 32. blockIdx.x =
+//           tile row * tile columns + tile column, blockIdx.z the split-K slice (as version 2).
+//   warp    a WM x WN sub-tile (64 x 32, or 32 x 32): MI x NI = 4 x 4 (2 x 4) accumulators of
+//           16 x 8 fp32 in registers (64 / 32 floats per thread). Per 16-wide k step it loads
+//           A's MI 16 x 16 fragments with ldmatrix.x4 and B's NI 16 x 8 fragments, two per
+//           ldmatrix.x4, then issues MI * NI mma. Operands stay in their global layout in shared
+//           memory, so the layout decides the ldmatrix form:
+//             A k-contiguous (x, dy in dx):   tile [BM][BK + 8], ldmatrix.x4       (row-major A)
+//             A m-contiguous (dy^T in dW):    tile [BK][BM + 8], ldmatrix.x4.trans
+//             B k-contiguous (W in forward):  tile [BN][BK + 8], ldmatrix.x4       ("col" B)
+//             B n-contiguous (W in dx, x):    tile [BK][BN + 8], ldmatrix.x4.trans
+//           The 8 halves (16 bytes) of padding keep every row 16-byte aligned, as ldmatrix and
+//           cp.async need, and put the 8 rows one 8x8 matrix reads in 8 different 16-byte bank
+//           groups (row pitch 80 or 272 bytes): conflict-free.
+//   pipeline  three shared stages filled by cp.async (16 bytes per copy, one group per k tile):
+//           tiles kt + 1 and kt + 2 are in flight while tile kt is multiplied; one __syncthreads
+//           per k tile both publishes tile kt and frees the stage the next copy overwrites.
+//           Chunks past M, N or K are zero-filled by the copy itself (src_bytes < 16), so any
+//           M, N, K >= 0 works; a k step wholly past K is skipped. An operand whose rows are not
+//           16-byte aligned (pitch not a multiple of 8 elements, or a misaligned array) is loaded
+//           with plain loads into the same stages instead (slower, same arithmetic).
+//   epilogue  fp32 accumulators + bias (fp32), rounded once to T (or kept fp32 for dW and the
+//           split-K partials); pairs of adjacent columns stored as one 32-bit (T) or 64-bit
+//           (fp32) store where the rows allow it; bounds-checked.
+//   shared  3 stages x (A tile + B tile) = 60 KiB (128-tiles, both k-contiguous) / 30 KiB (64).
+// Traffic per block and k tile: (BM + BN) * BK * 2 bytes for 2 * BM * BN * BK flops, arithmetic
+// intensity BM * BN / (BM + BN) = 64 flop/byte for 128-tiles (32 for 64-tiles) from L2; across
+// the grid each operand is re-read once per tile row / column (N / BN times for A). The
+// tensor cores of an A100 (312 TFLOP/s bf16 at ~2 TB/s HBM, ~5 TB/s L2) need about 60 flop per
+// L2 byte: the 128-tile sits at the ridge, the 64-tile serves shapes too small to fill the GPU.
+// On Hopper, mma.sync itself caps the kernel well below the wgmma peak (see the report in
+// docs/gradients/linear.md). Split-K as for float32: partials in fp32, summed in split order,
+// the bias and the one rounding to T applied by the reduce kernel.
+//
+// GELU is not fused into the forward's epilogue: the model calls the gelu op on the stored T
+// output (its backward recomputes from it), so fusing would need the model to save the
+// pre-activation as well; it saves one read and one write of [M, 4C] T values per MLP.
 //
 // db: a block owns 32 columns and a chunk of kRowsPerChunk rows of dy (blockIdx.x = chunk *
 // column blocks + column block); its 32 x 8 threads walk
@@ -56,7 +107,9 @@
 // into every block's inner loop for the one column of blocks that owns the sums.)
 #include <algorithm>
 
+#include "core/half.h"
 #include "core/kernel.h"
+#include "core/mma.h"
 #include "csrc/launchers.h"
 
 // Full unrolling of the fixed-trip tile loops (register arrays must not be indexed dynamically);
@@ -74,11 +127,12 @@ namespace {
 constexpr int kNaiveBlockX = 32, kNaiveBlockY = 8;
 
 // A(m, k) = A[m*lda + k] when kAKMajor, else A[k*lda + m]; B(k, n) = B[n*ldb + k] when
-// kBKMajor, else B[k*ldb + n].
-template <bool kAKMajor, bool kBKMajor>
+// kBKMajor, else B[k*ldb + n]. Storage T (float, bf16, fp16) in, fp32 sums, TOut out (T, or
+// float for the parameter gradient).
+template <bool kAKMajor, bool kBKMajor, typename T, typename TOut>
 __global__ void __launch_bounds__(kNaiveBlockX * kNaiveBlockY)
-matmul_naive_kernel(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
-                    const float* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc) {
+matmul_naive_kernel(TOut* __restrict__ C, const T* __restrict__ A, const T* __restrict__ B,
+                    const T* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc) {
     const int tiles_n = (N + kNaiveBlockX - 1) / kNaiveBlockX;
     const int tile_m = int(blockIdx.x) / tiles_n, tile_n = int(blockIdx.x) - tile_m * tiles_n;
     const int n = tile_n * kNaiveBlockX + threadIdx.x;
@@ -86,11 +140,11 @@ matmul_naive_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     if (m >= M || n >= N) return;
     float acc = 0.0f;
     for (int k = 0; k < K; ++k) {
-        const float a = kAKMajor ? A[size_t(m) * lda + k] : A[size_t(k) * lda + m];
-        const float b = kBKMajor ? B[size_t(n) * ldb + k] : B[size_t(k) * ldb + n];
+        const float a = to_float(kAKMajor ? A[size_t(m) * lda + k] : A[size_t(k) * lda + m]);
+        const float b = to_float(kBKMajor ? B[size_t(n) * ldb + k] : B[size_t(k) * ldb + n]);
         acc += a * b;   // one FFMA (nvcc contracts; the host has no fmaf instruction by default)
     }
-    C[size_t(m) * ldc + n] = bias ? acc + bias[n] : acc;
+    C[size_t(m) * ldc + n] = from_float<TOut>(bias ? acc + to_float(bias[n]) : acc);
 }
 
 // ------------------------------------------------------------------------ version 2: tiled
@@ -271,14 +325,214 @@ matmul_tiled_kernel(float* __restrict__ C, const float* __restrict__ A, const fl
     }
 }
 
+// ------------------------------------------------- version 2 for bf16 / fp16: tensor cores
+constexpr int kMmaPad = 8;   // halves of padding per shared row: 16 bytes (see the header)
+
+// BM x BN block tile, BK-deep k tiles, WM x WN per warp, kStages shared stages; kMinBlocks:
+// resident blocks per SM asked of ptxas.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int kStages_, int kMinBlocks_>
+struct MmaShape {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_;
+    static constexpr int kStages = kStages_, kMinBlocks = kMinBlocks_;
+    static constexpr int kWarpsN = BN / WN, kWarps = (BM / WM) * kWarpsN, kThreads = 32 * kWarps;
+    static constexpr int MI = WM / 16, NI = WN / 8;   // 16 x 8 accumulator tiles per warp
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0,
+                  "warps hold whole 16 x 16 pairs of accumulators; k advances 16 at a time");
+    static_assert(kStages >= 2 && kStages - 2 <= 7, "cp.async.wait_group takes 0 .. 7");
+};
+using MmaLarge = MmaShape<128, 128, 32, 64, 32, 3, 2>;   // 8 warps (2 x 4), 64 accumulators each
+using MmaSmall = MmaShape<64, 64, 32, 32, 32, 3, 4>;     // 4 warps (2 x 2), 32 accumulators each
+
+__device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+__device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
+
+// One operand's ROWS x BK slice in shared memory, kept in its global layout: [ROWS][BK + pad]
+// when the operand is k-contiguous (X(r, k) = X[r*ld + k]), else [BK][ROWS + pad] (X[k*ld + r]).
+// load() moves one k tile from global memory, 16 bytes (8 elements along the contiguous axis)
+// per chunk, by cp.async (async: rows 16-byte aligned) or by plain loads; elements past `rows`
+// or K read as zeros.
+template <int ROWS, int BK, int kThreads, bool kKMajor>
+struct MmaTile {
+    static constexpr int kLd = (kKMajor ? BK : ROWS) + kMmaPad;   // shared row pitch (elements)
+    static constexpr int kElems = (kKMajor ? ROWS : BK) * kLd;
+    static constexpr int kChunks = ROWS * BK / 8;
+    static_assert(kChunks % kThreads == 0, "every thread copies whole 16-byte chunks");
+
+    template <typename T>
+    __device__ __forceinline__ static void load(uint16_t* S, const T* __restrict__ X, int ld, int rows,
+                                                int K, int r0, int k0, int tid, bool async) {
+        SCRATCH_UNROLL
+        for (int i = 0; i < kChunks / kThreads; ++i) {
+            const int c = tid + i * kThreads;   // consecutive threads: consecutive 16 bytes
+            int s_off, line, col, extent;       // chunk = X[line*ld + col .. +8), valid cols < extent
+            bool line_ok;
+            if (kKMajor) {
+                const int r = c / (BK / 8), k = c % (BK / 8) * 8;
+                s_off = r * kLd + k, line = r0 + r, line_ok = line < rows, col = k0 + k, extent = K;
+            } else {
+                const int k = c / (ROWS / 8), r = c % (ROWS / 8) * 8;
+                s_off = k * kLd + r, line = k0 + k, line_ok = line < K, col = r0 + r, extent = rows;
+            }
+            const int n = line_ok ? max(0, min(8, extent - col)) : 0;   // elements inside the matrix
+            const T* src = X + (n ? size_t(line) * ld + col : 0);       // X itself when none: aligned
+            if (async) {
+                cp_async_16(S + s_off, src, 2 * n);                      // the rest zero-filled
+            } else {
+                SCRATCH_UNROLL
+                for (int e = 0; e < 8; ++e) S[s_off + e] = e < n ? bits16(src[e]) : uint16_t(0);
+            }
+        }
+    }
+};
+
+// A's 16 x 16 fragment at rows m.., k.. of the shared tile (registers a[0..3] of mma's A layout):
+// ldmatrix.x4's four 8 x 8 matrices are A's quarters (m 0-7 | 8-15) x (k 0-7 | 8-15), in the
+// order a0a1, a2a3, a4a5, a6a7; lane l gives the row address of matrix l / 8, row l % 8.
+template <bool kKMajor, int kLd>
+__device__ __forceinline__ void load_a_fragment(uint32_t a[4], const uint16_t* S, int m, int k, int lane) {
+    if (kKMajor)   // rows are m: lanes 0-15 rows m + 0..15 at k, lanes 16-31 the same at k + 8
+        ldmatrix_x4(a, S + (m + (lane & 15)) * kLd + k + (lane >> 4) * 8);
+    else           // rows are k: .trans hands each lane (k = 2t, 2t+1; m = g), A's pairs
+        ldmatrix_x4_trans(a, S + (k + (lane & 7) + (lane >> 4) * 8) * kLd + m + ((lane >> 3) & 1) * 8);
+}
+
+// B's two 16 x 8 fragments at k.., columns n.. and n + 8.. (b_lo, b_hi: mma's B layout, k pairs
+// down a column): matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+template <bool kKMajor, int kLd>
+__device__ __forceinline__ void load_b_fragments(uint32_t b_lo[2], uint32_t b_hi[2], const uint16_t* S, int n,
+                                                 int k, int lane) {
+    uint32_t r[4];
+    if (kKMajor)   // rows are n ("col" B): a row of the 8 x 8 matrix is a column of B
+        ldmatrix_x4(r, S + (n + (lane & 7) + (lane >> 4) * 8) * kLd + k + ((lane >> 3) & 1) * 8);
+    else           // rows are k: transposed on the way, as for A
+        ldmatrix_x4_trans(r, S + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * kLd + n + (lane >> 4) * 8);
+    b_lo[0] = r[0], b_lo[1] = r[1], b_hi[0] = r[2], b_hi[1] = r[3];
+}
+
+// Two adjacent outputs (n, n + 1) of one row in one store (the row pair is aligned: see pair_c).
+template <typename TOut>
+__device__ __forceinline__ void store_pair(TOut* p, float lo, float hi) {
+    if constexpr (std::is_same_v<TOut, float>) {
+        store_float2(p, make_float2(lo, hi));
+    } else {
+        *reinterpret_cast<uint32_t*>(p) = pack2<TOut>(lo, hi);
+    }
+}
+
+// C[M, N] (TOut) = A B (+ bias), A and B of storage T (bf16 or fp16), read as described in the
+// header; k_per_split as in the float32 kernel. async_a / async_b: the operand's rows are 16-byte
+// aligned (cp.async); pair_c: every row of C starts 2 * sizeof(TOut)-aligned.
+template <class S, typename T, typename TOut, bool kAKMajor, bool kBKMajor>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks)
+matmul_mma_kernel(TOut* __restrict__ C, const T* __restrict__ A, const T* __restrict__ B,
+                  const T* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc,
+                  int k_per_split, bool async_a, bool async_b, bool pair_c) {
+    using TileA = MmaTile<S::BM, S::BK, S::kThreads, kAKMajor>;
+    using TileB = MmaTile<S::BN, S::BK, S::kThreads, kBKMajor>;
+    SCRATCH_DYNAMIC_SHARED(uint16_t, smem);   // [kStages][A tile], then [kStages][B tile]
+    uint16_t* const As = smem;
+    uint16_t* const Bs = smem + S::kStages * TileA::kElems;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / S::kWarpsN * S::WM, wn = warp % S::kWarpsN * S::WN;   // the warp's sub-tile
+    const int tiles_n = (N + S::BN - 1) / S::BN;
+    const int tile_m = int(blockIdx.x) / tiles_n;
+    const int m0 = tile_m * S::BM, n0 = (int(blockIdx.x) - tile_m * tiles_n) * S::BN;
+    const int k_begin = blockIdx.z * k_per_split;   // a multiple of BK: alignment survives
+    K = min(K - k_begin, k_per_split);
+    A += kAKMajor ? size_t(k_begin) : size_t(k_begin) * lda;
+    B += kBKMajor ? size_t(k_begin) : size_t(k_begin) * ldb;
+    C += size_t(blockIdx.z) * M * ldc;
+
+    float acc[S::MI][S::NI][4];
+    SCRATCH_UNROLL
+    for (int i = 0; i < S::MI; ++i)
+        SCRATCH_UNROLL
+        for (int j = 0; j < S::NI; ++j)
+            SCRATCH_UNROLL
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    // Prologue: tiles 0 .. kStages - 2 in flight, one commit group each (empty past the end, so
+    // that group g always holds tile g and the wait below counts right).
+    const int tiles_k = (K + S::BK - 1) / S::BK;
+    SCRATCH_UNROLL
+    for (int s = 0; s < S::kStages - 1; ++s) {
+        if (s < tiles_k) {
+            TileA::load(As + s * TileA::kElems, A, lda, M, K, m0, s * S::BK, tid, async_a);
+            TileB::load(Bs + s * TileB::kElems, B, ldb, N, K, n0, s * S::BK, tid, async_b);
+        }
+        cp_async_commit();
+    }
+
+    for (int kt = 0; kt < tiles_k; ++kt) {
+        cp_async_wait<S::kStages - 2>();   // this thread's copies of tile kt have landed
+        __syncthreads();                   // everyone's have, and everyone is done with tile kt - 1
+        const int next = kt + S::kStages - 1;   // refill the stage tile kt - 1 was read from
+        if (next < tiles_k) {
+            const int s = next % S::kStages;
+            TileA::load(As + s * TileA::kElems, A, lda, M, K, m0, next * S::BK, tid, async_a);
+            TileB::load(Bs + s * TileB::kElems, B, ldb, N, K, n0, next * S::BK, tid, async_b);
+        }
+        cp_async_commit();
+
+        const uint16_t* as = As + (kt % S::kStages) * TileA::kElems;
+        const uint16_t* bs = Bs + (kt % S::kStages) * TileB::kElems;
+        const int k_left = K - kt * S::BK;
+        SCRATCH_UNROLL
+        for (int kk = 0; kk < S::BK; kk += 16) {
+            if (kk >= k_left) break;   // the same for the whole block: the rest of the tile is zeros
+            uint32_t a[S::MI][4], b[S::NI][2];
+            SCRATCH_UNROLL
+            for (int i = 0; i < S::MI; ++i) load_a_fragment<kAKMajor, TileA::kLd>(a[i], as, wm + 16 * i, kk, lane);
+            SCRATCH_UNROLL
+            for (int j = 0; j < S::NI; j += 2)
+                load_b_fragments<kBKMajor, TileB::kLd>(b[j], b[j + 1], bs, wn + 8 * j, kk, lane);
+            SCRATCH_UNROLL
+            for (int i = 0; i < S::MI; ++i)
+                SCRATCH_UNROLL
+                for (int j = 0; j < S::NI; ++j) mma_m16n8k16<T>(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+    }
+
+    // Epilogue: lane (g, t) holds rows g and g + 8, columns 2t and 2t + 1 of each accumulator
+    // (MmaLayoutM16N8K16); + bias in fp32, one rounding to TOut.
+    using L = MmaLayoutM16N8K16;
+    SCRATCH_UNROLL
+    for (int j = 0; j < S::NI; ++j) {
+        const int n = n0 + wn + 8 * j + L::c_col(lane, 0);   // even
+        float b0 = 0.0f, b1 = 0.0f;
+        if (bias) {
+            if (n < N) b0 = to_float(bias[n]);
+            if (n + 1 < N) b1 = to_float(bias[n + 1]);
+        }
+        SCRATCH_UNROLL
+        for (int i = 0; i < S::MI; ++i) {
+            SCRATCH_UNROLL
+            for (int h = 0; h < 2; ++h) {
+                const int m = m0 + wm + 16 * i + L::c_row(lane, 2 * h);
+                if (m >= M) continue;
+                TOut* out = C + size_t(m) * ldc + n;
+                const float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
+                if (pair_c && n + 1 < N) {
+                    store_pair(out, v0, v1);
+                } else {
+                    if (n < N) out[0] = from_float<TOut>(v0);
+                    if (n + 1 < N) out[1] = from_float<TOut>(v1);
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------ db
 constexpr int kRowsPerChunk = 256;
 constexpr int kFinalizeThreads = 256;
 
 // Block (32, 8), blockIdx.x = chunk * column blocks + column block: column
 // column block * 32 + threadIdx.x, rows of the chunk strided by 8.
+template <typename T>
 __global__ void __launch_bounds__(256)
-column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ dy, int M, int N) {
+column_sum_partial_kernel(float* __restrict__ partial, const T* __restrict__ dy, int M, int N) {
     SCRATCH_SHARED(float, part, [8][33]);   // +1: the transposed read below is conflict-free
     const int column_blocks = (N + 31) / 32;
     const int chunk = int(blockIdx.x) / column_blocks;
@@ -288,7 +542,7 @@ column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__
     float acc = 0.0f;
     if (c < N)
         for (int r = row_begin + threadIdx.y; r < row_end; r += 8)
-            acc += dy[size_t(r) * N + c];
+            acc += to_float(dy[size_t(r) * N + c]);
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && c < N) {
@@ -308,29 +562,34 @@ column_sum_finalize_kernel(float* __restrict__ db, const float* __restrict__ par
     db[c] = s;
 }
 
-// Split-K epilogue: C[m, n] = sum over z of partial[z][m][n] (+ bias[n]), z in order.
+// Split-K epilogue: C[m, n] = sum over z of partial[z][m][n] (+ bias[n]), z in order, in fp32,
+// then stored as TOut (one rounding for bf16 / fp16).
+template <typename TOut, typename TBias>
 __global__ void __launch_bounds__(kFinalizeThreads)
-split_k_reduce_kernel(float* __restrict__ C, const float* __restrict__ partial,
-                      const float* __restrict__ bias, int M, int N, int ldc, int splits) {
+split_k_reduce_kernel(TOut* __restrict__ C, const float* __restrict__ partial,
+                      const TBias* __restrict__ bias, int M, int N, int ldc, int splits) {
     const int64_t count = int64_t(M) * N;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
         const int m = int(i / N), n = int(i % N);
-        float s = bias ? bias[n] : 0.0f;
+        float s = bias ? to_float(bias[n]) : 0.0f;
         for (int z = 0; z < splits; ++z) s += partial[z * count + i];
-        C[size_t(m) * ldc + n] = s;
+        C[size_t(m) * ldc + n] = from_float<TOut>(s);
     }
 }
 
 // ------------------------------------------------------------------------------ dispatch
-// One GEMM problem: C[M, N] (+)= A B (+ bias), operands described as in the kernels.
+// One GEMM problem: C[M, N] = A B (+ bias), operands described as in the kernels; storage T
+// (float, or bf16 / fp16 for the tensor cores), output TOut (T, or float for dW).
+template <typename T, typename TOut>
 struct Gemm {
-    float* C;
-    const float* A;
-    const float* B;
-    const float* bias;   // may be null
+    TOut* C;
+    const T* A;
+    const T* B;
+    const T* bias;   // may be null
     int M, N, K, lda, ldb, ldc;
 };
+using GemmF32 = Gemm<float, float>;
 
 // 128-tiles need this many blocks to keep every SM of an A100/H100 busy (2 blocks per SM);
 // below it the 64-tiles' 4x more blocks win despite their lower arithmetic intensity.
@@ -352,7 +611,7 @@ dim3 flat_grid(int64_t rows, int64_t columns, unsigned z = 1) {
 // (dW = dy^T x: a [C, C] output summed over B*T rows): `splits` blocks share each tile, each
 // over its own K range, into a workspace [splits, M, N] that a second kernel sums in a fixed
 // order — deterministic, no atomics. Costs 2 * splits * M * N floats of extra traffic.
-constexpr int kSplitMinK = 256;   // each split runs at least this many k (>= 16 tile steps)
+constexpr int kSplitMinK = 256;   // each split runs at least this many k (>= 8 tile steps)
 constexpr int kMaxSplits = 16;
 
 struct Plan {
@@ -361,24 +620,38 @@ struct Plan {
     int k_per_split;     // a multiple of the tile's BK
 };
 
-Plan plan_tiled(int M, int N, int K) {
+// The same rule for both kernel families: Large / Small are their two tile shapes.
+template <class Large, class Small>
+Plan plan_for(int M, int N, int K) {
     if (M == 0 || N == 0) return {false, 1, K};   // nothing to compute
-    const int64_t large_blocks = int64_t(ceil_div(M, LargeTile::BM)) * ceil_div(N, LargeTile::BN);
+    const int64_t large_blocks = int64_t(ceil_div(M, Large::BM)) * ceil_div(N, Large::BN);
     if (large_blocks >= kLargeTileMinBlocks) return {true, 1, K};
-    const int64_t blocks = int64_t(ceil_div(M, SmallTile::BM)) * ceil_div(N, SmallTile::BN);
+    const int64_t blocks = int64_t(ceil_div(M, Small::BM)) * ceil_div(N, Small::BN);
     int64_t splits = std::min<int64_t>({kMaxSplits, K / kSplitMinK, ceil_div<int64_t>(kLargeTileMinBlocks, blocks)});
     if (splits <= 1) return {false, 1, K};
-    const int k_per_split = int(ceil_div<int64_t>(ceil_div<int64_t>(K, splits), SmallTile::BK) * SmallTile::BK);
+    const int k_per_split = int(ceil_div<int64_t>(ceil_div<int64_t>(K, splits), Small::BK) * Small::BK);
     return {false, ceil_div(K, k_per_split), k_per_split};
 }
+Plan plan_tiled(int M, int N, int K) { return plan_for<LargeTile, SmallTile>(M, N, K); }
+Plan plan_mma(int M, int N, int K) { return plan_for<MmaLarge, MmaSmall>(M, N, K); }
 
+// Workspace floats for either family (the binding does not know the dtype in advance).
 int64_t split_k_floats(int M, int N, int K) {
-    const Plan p = plan_tiled(M, N, K);
-    return p.splits > 1 ? int64_t(p.splits) * M * N : 0;
+    const int splits = std::max(plan_tiled(M, N, K).splits, plan_mma(M, N, K).splits);
+    return splits > 1 ? int64_t(splits) * M * N : 0;
+}
+
+template <typename TOut, typename TBias>
+void launch_split_reduce(TOut* C, const float* partial, const TBias* bias, int M, int N, int ldc, int splits,
+                         cudaStream_t s) {
+    const int64_t count = int64_t(M) * N;
+    launch("linear split-K reduce", split_k_reduce_kernel<TOut, TBias>,
+           dim3(int(std::min<int64_t>(ceil_div<int64_t>(count, kFinalizeThreads), 1024))),
+           dim3(kFinalizeThreads), 0, s, C, partial, bias, M, N, ldc, splits);
 }
 
 template <class T, bool kAKMajor, bool kBKMajor, bool kVecA, bool kVecB>
-void launch_tiled_with(const char* name, const Gemm& g, const Plan& p, float* partial, cudaStream_t s) {
+void launch_tiled_with(const char* name, const GemmF32& g, const Plan& p, float* partial, cudaStream_t s) {
     if (p.splits == 1) {
         launch(name, matmul_tiled_kernel<T, kAKMajor, kBKMajor, kVecA, kVecB>,
                flat_grid(ceil_div(g.M, T::BM), ceil_div(g.N, T::BN)), dim3(T::kThreads), 0, s,
@@ -389,15 +662,11 @@ void launch_tiled_with(const char* name, const Gemm& g, const Plan& p, float* pa
            flat_grid(ceil_div(g.M, T::BM), ceil_div(g.N, T::BN), p.splits), dim3(T::kThreads), 0, s,
            partial, g.A, g.B, static_cast<const float*>(nullptr), g.M, g.N, g.K, g.lda, g.ldb, g.N,
            p.k_per_split, float4_ok(partial, g.N, g.N));
-    const int64_t count = int64_t(g.M) * g.N;
-    launch("linear split-K reduce", split_k_reduce_kernel,
-           dim3(int(std::min<int64_t>(ceil_div<int64_t>(count, kFinalizeThreads), 1024))),
-           dim3(kFinalizeThreads), 0, s, g.C, static_cast<const float*>(partial), g.bias, g.M, g.N,
-           g.ldc, p.splits);
+    launch_split_reduce(g.C, partial, g.bias, g.M, g.N, g.ldc, p.splits, s);
 }
 
 template <class T, bool kAKMajor, bool kBKMajor>
-void launch_tiled_shape(const char* name, const Gemm& g, const Plan& p, float* partial, cudaStream_t s) {
+void launch_tiled_shape(const char* name, const GemmF32& g, const Plan& p, float* partial, cudaStream_t s) {
     // the contiguous extent of A is K (k-major) or M; of B, K or N
     const bool va = float4_ok(g.A, kAKMajor ? g.K : g.M, g.lda);
     const bool vb = float4_ok(g.B, kBKMajor ? g.K : g.N, g.ldb);
@@ -407,26 +676,77 @@ void launch_tiled_shape(const char* name, const Gemm& g, const Plan& p, float* p
     else launch_tiled_with<T, kAKMajor, kBKMajor, false, false>(name, g, p, partial, s);
 }
 
+// cp.async can move the operand's rows: each starts 16-byte aligned.
+bool rows16_ok(const void* p, int ld) { return ld % 8 == 0 && is_aligned(p, 16); }
+
+// One tensor-core launch: C (TOut) = A B (+ bias) over `grid` (z = the split-K slices).
+template <class S, bool kAKMajor, bool kBKMajor, typename T, typename TOut>
+void launch_mma(const char* name, dim3 grid, TOut* C, const Gemm<T, TOut>& g, int ldc, const T* bias,
+                int k_per_split, cudaStream_t s) {
+    constexpr size_t smem = sizeof(uint16_t) * S::kStages *
+                            (MmaTile<S::BM, S::BK, S::kThreads, kAKMajor>::kElems +
+                             MmaTile<S::BN, S::BK, S::kThreads, kBKMajor>::kElems);
+    launch(name, matmul_mma_kernel<S, T, TOut, kAKMajor, kBKMajor>, grid, dim3(S::kThreads), smem, s,
+           C, g.A, g.B, bias, g.M, g.N, g.K, g.lda, g.ldb, ldc, k_per_split, rows16_ok(g.A, g.lda),
+           rows16_ok(g.B, g.ldb), ldc % 2 == 0 && is_aligned(C, 2 * sizeof(TOut)));
+}
+
 // `partial`: split_k_floats(M, N, K) floats of workspace, or null (then no split).
-template <bool kAKMajor, bool kBKMajor>
-void matmul(const char* name, const Gemm& g, int version, float* partial, cudaStream_t s) {
+template <bool kAKMajor, bool kBKMajor, typename T, typename TOut>
+void matmul(const char* name, const Gemm<T, TOut>& g, int version, float* partial, cudaStream_t s) {
     if (g.M == 0 || g.N == 0) return;
     if (version == 1) {
-        launch(name, matmul_naive_kernel<kAKMajor, kBKMajor>,
+        launch(name, matmul_naive_kernel<kAKMajor, kBKMajor, T, TOut>,
                flat_grid(ceil_div(g.M, kNaiveBlockY), ceil_div(g.N, kNaiveBlockX)),
                dim3(kNaiveBlockX, kNaiveBlockY), 0, s, g.C, g.A, g.B, g.bias, g.M, g.N, g.K,
                g.lda, g.ldb, g.ldc);
         return;
     }
-    Plan p = plan_tiled(g.M, g.N, g.K);
-    if (!partial) p = {p.large, 1, g.K};
-    if (p.large) launch_tiled_shape<LargeTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
-    else launch_tiled_shape<SmallTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
+    if constexpr (std::is_same_v<T, float>) {
+        Plan p = plan_tiled(g.M, g.N, g.K);
+        if (!partial) p = {p.large, 1, g.K};
+        if (p.large) launch_tiled_shape<LargeTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
+        else launch_tiled_shape<SmallTile, kAKMajor, kBKMajor>(name, g, p, partial, s);
+    } else {
+        Plan p = plan_mma(g.M, g.N, g.K);
+        if (!partial) p = {p.large, 1, g.K};
+        if (p.splits == 1) {
+            if (p.large)
+                launch_mma<MmaLarge, kAKMajor, kBKMajor>(name, flat_grid(ceil_div(g.M, MmaLarge::BM),
+                                                                         ceil_div(g.N, MmaLarge::BN)),
+                                                         g.C, g, g.ldc, g.bias, g.K, s);
+            else
+                launch_mma<MmaSmall, kAKMajor, kBKMajor>(name, flat_grid(ceil_div(g.M, MmaSmall::BM),
+                                                                         ceil_div(g.N, MmaSmall::BN)),
+                                                         g.C, g, g.ldc, g.bias, g.K, s);
+            return;
+        }
+        // fp32 partials [splits, M, N], summed in split order with the bias, rounded once
+        const Gemm<T, float> gp{partial, g.A, g.B, nullptr, g.M, g.N, g.K, g.lda, g.ldb, g.N};
+        launch_mma<MmaSmall, kAKMajor, kBKMajor>(name, flat_grid(ceil_div(g.M, MmaSmall::BM),
+                                                                 ceil_div(g.N, MmaSmall::BN), p.splits),
+                                                 partial, gp, g.N, static_cast<const T*>(nullptr),
+                                                 p.k_per_split, s);
+        launch_split_reduce(g.C, partial, g.bias, g.M, g.N, g.ldc, p.splits, s);
+    }
 }
 
 void check_version(int version) {
     if (version != 1 && version != 2)
         throw ValueError(str("version: expected 1 (naive) or 2 (tiled), got ", version));
+}
+
+// The kernels' names in launch errors, per storage type.
+template <typename T>
+const char* kernel_name(int product, int version) {
+    static const char* const names[2][2][3] = {
+        {{"linear_forward (v1 naive)", "linear_backward_dx (v1 naive)", "linear_backward_dweight (v1 naive)"},
+         {"linear_forward (v2 tiled)", "linear_backward_dx (v2 tiled)", "linear_backward_dweight (v2 tiled)"}},
+        {{"linear_forward (v1 naive, 16-bit)", "linear_backward_dx (v1 naive, 16-bit)",
+          "linear_backward_dweight (v1 naive, 16-bit)"},
+         {"linear_forward (v2 tensor cores)", "linear_backward_dx (v2 tensor cores)",
+          "linear_backward_dweight (v2 tensor cores)"}}};
+    return names[std::is_same_v<T, float> ? 0 : 1][version == 1 ? 0 : 1][product];
 }
 
 // Byte range [begin, end) of a tensor's elements (contiguous).
@@ -443,14 +763,37 @@ void expect_disjoint(const Tensor& out, std::initializer_list<const Tensor*> oth
             throw ValueError(str(out.name, ": must not share memory with ", t->name));
 }
 
+// How a storage dtype is named in messages (bfloat16 crosses the binding as uint16 bits).
+const char* storage_name(DType d) { return d == DType::U16 ? "bfloat16 (uint16 bits)" : dtype_name(d); }
+
+// `t` is stored as `want` (`why` says why, e.g. " like x") and C-contiguous.
+void expect_stored_as(const Tensor& t, DType want, const char* why) {
+    if (t.dtype != want)
+        throw TypeError(str(t.name, ": expected ", storage_name(want), why, ", got ", storage_name(t.dtype)));
+    expect_contiguous(t);
+}
+void expect_written_as(const Tensor& t, DType want, const char* why) {
+    expect_stored_as(t, want, why);
+    expect_writable(t);
+}
+constexpr const char* kLikeX = " like x";
+constexpr const char* kFp32Grad = " (parameter gradients are float32)";
+
 // x [..., IN] -> (rows, IN); weight [OUT, IN] -> OUT. Leading axes of x are flattened.
 struct Dims {
     int M, IN, OUT;
 };
 
+// x's storage picks the kernels: float32, float16, or bfloat16 as uint16 bits.
+void expect_storage_dtype(const Tensor& x) {
+    if (x.dtype != DType::F32 && x.dtype != DType::F16 && x.dtype != DType::U16)
+        throw TypeError(str(x.name, ": expected float32, float16 or bfloat16 (uint16 bits), got ",
+                            dtype_name(x.dtype)));
+}
+
 Dims linear_dims(const Tensor& x, const Tensor& weight) {
-    expect_input(x, DType::F32);
-    expect_input(weight, DType::F32);
+    expect_stored_as(x, x.dtype, "");
+    expect_stored_as(weight, x.dtype, kLikeX);
     expect_ndim(x, 1, Tensor::kMaxDims);
     expect_ndim(weight, 2, 2);
     if (weight.shape[1] != x.size(-1))
@@ -476,26 +819,62 @@ void expect_rows_like(const Tensor& t, const Tensor& x, int64_t last) {
     }
 }
 
+// The products on storage T (arguments checked): out = x W^T + b in T; dx in T, dW and db in fp32.
+template <typename T>
+void forward_as(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, const Dims& d,
+                int version, cudaStream_t s) {
+    const Gemm<T, T> g{out.ptr<T>(), x.ptr<T>(), weight.ptr<T>(), bias ? bias->ptr<T>() : nullptr,
+                       d.M, d.OUT, d.IN, /*lda*/ d.IN, /*ldb*/ d.IN, /*ldc*/ d.OUT};
+    matmul<true, true>(kernel_name<T>(0, version), g, version, nullptr, s);
+}
+
+template <typename T>
+void backward_as(const Tensor& dx, const Tensor& dweight, const Tensor* dbias, const Tensor& workspace,
+                 const Tensor& dout, const Tensor& x, const Tensor& weight, const Dims& d, int version,
+                 cudaStream_t s) {
+    // dx[M, IN] = dy[M, OUT] W[OUT, IN]
+    matmul<true, false>(kernel_name<T>(1, version),
+                        Gemm<T, T>{dx.ptr<T>(), dout.ptr<T>(), weight.ptr<T>(), nullptr,
+                                   d.M, d.IN, d.OUT, d.OUT, d.IN, d.IN},
+                        version, workspace.ptr<float>(), s);
+    // dW[OUT, IN] = dy[M, OUT]^T x[M, IN]: the contraction runs over the rows; fp32 out
+    matmul<false, false>(kernel_name<T>(2, version),
+                         Gemm<T, float>{dweight.ptr<float>(), dout.ptr<T>(), x.ptr<T>(), nullptr,
+                                        d.OUT, d.IN, d.M, d.OUT, d.IN, d.IN},
+                         version, workspace.ptr<float>(), s);
+    if (dbias) {
+        const int chunks = ceil_div(d.M, kRowsPerChunk);   // 0 rows: the finalize writes zeros
+        if (chunks > 0)
+            launch("linear_backward_dbias_partial", column_sum_partial_kernel<T>,
+                   flat_grid(chunks, ceil_div(d.OUT, 32)), dim3(32, 8), 0, s, workspace.ptr<float>(),
+                   dout.ptr<T>(), d.M, d.OUT);
+        launch("linear_backward_dbias_finalize", column_sum_finalize_kernel,
+               dim3(ceil_div(d.OUT, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s,
+               dbias->ptr<float>(), workspace.ptr<float>(), chunks, d.OUT);
+    }
+}
+
 }  // namespace
 
 void linear_forward(const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
                     int version, Stream stream) {
+    expect_storage_dtype(x);
     const Dims d = linear_dims(x, weight);
     if (bias) {
-        expect_input(*bias, DType::F32);
+        expect_stored_as(*bias, x.dtype, kLikeX);
         expect_shape(*bias, {d.OUT});
     }
-    expect_output(out, DType::F32);
+    expect_written_as(out, x.dtype, kLikeX);
     expect_rows_like(out, x, d.OUT);
     expect_same_device({&x, &weight, &out});
     if (bias) expect_same_device({&x, bias});
     expect_disjoint(out, {&x, &weight, bias});
     check_version(version);
 
-    const Gemm g{out.ptr<float>(), x.ptr<float>(), weight.ptr<float>(), bias ? bias->ptr<float>() : nullptr,
-                 d.M, d.OUT, d.IN, /*lda*/ d.IN, /*ldb*/ d.IN, /*ldc*/ d.OUT};
-    matmul<true, true>(version == 1 ? "linear_forward (v1 naive)" : "linear_forward (v2 tiled)", g,
-                       version, nullptr, static_cast<cudaStream_t>(stream));
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (x.dtype == DType::F32) forward_as<float>(out, x, weight, bias, d, version, s);
+    else if (x.dtype == Storage<__nv_bfloat16>::dtype) forward_as<__nv_bfloat16>(out, x, weight, bias, d, version, s);
+    else forward_as<__half>(out, x, weight, bias, d, version, s);
 }
 
 int64_t linear_backward_workspace(int64_t rows, int64_t in_features, int64_t out_features) {
@@ -509,12 +888,13 @@ int64_t linear_backward_workspace(int64_t rows, int64_t in_features, int64_t out
 void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbias,
                      const Tensor& workspace, const Tensor& dout, const Tensor& x,
                      const Tensor& weight, int version, Stream stream) {
+    expect_storage_dtype(x);
     const Dims d = linear_dims(x, weight);
-    expect_input(dout, DType::F32);
+    expect_stored_as(dout, x.dtype, kLikeX);
     expect_rows_like(dout, x, d.OUT);
-    expect_output(dx, DType::F32);
+    expect_written_as(dx, x.dtype, kLikeX);
     expect_same_shape(dx, x);
-    expect_output(dweight, DType::F32);
+    expect_written_as(dweight, DType::F32, kFp32Grad);
     expect_same_shape(dweight, weight);
     expect_same_device({&x, &weight, &dout, &dx, &dweight});
     expect_disjoint(dx, {&x, &weight, &dout, &dweight, dbias});
@@ -527,35 +907,18 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbia
     expect_same_device({&x, &workspace});
     expect_disjoint(workspace, {&x, &weight, &dout, &dx, &dweight, dbias});
     if (dbias) {
-        expect_output(*dbias, DType::F32);
+        expect_written_as(*dbias, DType::F32, kFp32Grad);
         expect_shape(*dbias, {d.OUT});
         expect_same_device({&x, dbias});
         expect_disjoint(*dbias, {&x, &weight, &dout});
     }
     check_version(version);
 
-    auto s = static_cast<cudaStream_t>(stream);
-    const bool naive = version == 1;
-    // dx[M, IN] = dy[M, OUT] W[OUT, IN]
-    matmul<true, false>(naive ? "linear_backward_dx (v1 naive)" : "linear_backward_dx (v2 tiled)",
-                        Gemm{dx.ptr<float>(), dout.ptr<float>(), weight.ptr<float>(), nullptr,
-                             d.M, d.IN, d.OUT, d.OUT, d.IN, d.IN},
-                        version, workspace.ptr<float>(), s);
-    // dW[OUT, IN] = dy[M, OUT]^T x[M, IN]: the contraction runs over the rows
-    matmul<false, false>(naive ? "linear_backward_dweight (v1 naive)" : "linear_backward_dweight (v2 tiled)",
-                         Gemm{dweight.ptr<float>(), dout.ptr<float>(), x.ptr<float>(), nullptr,
-                              d.OUT, d.IN, d.M, d.OUT, d.IN, d.IN},
-                         version, workspace.ptr<float>(), s);
-    if (dbias) {
-        const int chunks = ceil_div(d.M, kRowsPerChunk);   // 0 rows: the finalize writes zeros
-        if (chunks > 0)
-            launch("linear_backward_dbias_partial", column_sum_partial_kernel,
-                   flat_grid(chunks, ceil_div(d.OUT, 32)), dim3(32, 8), 0, s, workspace.ptr<float>(),
-                   dout.ptr<float>(), d.M, d.OUT);
-        launch("linear_backward_dbias_finalize", column_sum_finalize_kernel,
-               dim3(ceil_div(d.OUT, kFinalizeThreads)), dim3(kFinalizeThreads), 0, s,
-               dbias->ptr<float>(), workspace.ptr<float>(), chunks, d.OUT);
-    }
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (x.dtype == DType::F32) backward_as<float>(dx, dweight, dbias, workspace, dout, x, weight, d, version, s);
+    else if (x.dtype == Storage<__nv_bfloat16>::dtype)
+        backward_as<__nv_bfloat16>(dx, dweight, dbias, workspace, dout, x, weight, d, version, s);
+    else backward_as<__half>(dx, dweight, dbias, workspace, dout, x, weight, d, version, s);
 }
 
 }  // namespace scratch::kernels

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
-from kernelutil import assert_sum_close, rel_err
+from kernelutil import assert_sum_close, f64, rel_err
 from scratchgpt.reference import linear as ref
 
 # sizes around the 4-wide vectors and the 64 / 128 tiles, and GPT-ish widths
@@ -200,7 +200,7 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.linear_forward(out, x, weight, bias, 0)
     with pytest.raises(ValueError, match=r"^out: expected shape \(4, 6\), got \(4, 5\)"):
         lib.linear_forward(np.empty((4, 5), np.float32), x, weight, bias)
-    with pytest.raises(TypeError, match=r"^x: expected float32, got int32"):
+    with pytest.raises(TypeError, match=r"^x: expected float32, float16 or bfloat16 \(uint16 bits\), got int32"):
         lib.linear_forward(out, x.astype(np.int32), weight, bias)
     square = np.ones((4, 4), np.float32)
     with pytest.raises(ValueError, match=r"^out: must not share memory with x"):
@@ -260,3 +260,248 @@ def test_dbias_past_the_old_grid_limit(host_runtime):
     rt.lib.linear_backward(np.zeros((M, 0), np.float32), np.zeros((2, 0), np.float32), dbias, workspace,
                            dout, x, weight, 2, rt.stream())
     assert_sum_close(dbias, dout.astype(np.float64).sum(0), np.abs(dout.astype(np.float64)).sum(0), M)
+
+
+# ======================================================= bf16 / fp16 storage: the tensor-core GEMM
+# Storage T = bfloat16 (ml_dtypes; it crosses the binding as its uint16 bits) or float16. Version 2
+# runs mma.sync m16n8k16 with fp32 accumulation, fed by ldmatrix from a cp.async pipeline (the
+# host executor emulates the three following the PTX ISA); version 1 is the naive kernel on T.
+#
+# Each output is compared, element by element, with the float64 product of the same T values
+# (exact: every T value is a float64, and so is every product), within the bound of the roundings
+# the kernel does (derived, not tuned):
+#   - the K products are exact in fp32 (8 + 8 significant bits for bf16, 11 + 11 for fp16: at most
+#     22 of fp32's 24), so the fp32 sum of the K products (and, in the forward, the bias) is a sum of
+#     n = K (+1) exact terms with n - 1 additions in some order: |s_fp32 - s| <= gamma_n * sum|terms|,
+#     gamma_n = n u / (1 - n u). The tensor cores' internal order and rounding are not specified
+#     and may truncate, so u = 2^-23 per addition (tests/test_mma.py's reasoning); split-K adds its
+#     partials in fp32 too, within the same n - 1 additions.
+#   - out and dx are rounded once to T (round to nearest even): |y - s_fp32| <= u_T |s_fp32|, plus
+#     half the smallest subnormal where the value underflows (fp16: 2^-25). With |s_fp32| <= |s| +
+#     gamma_n sum|terms|:   |y - s| <= u_T |s| + (1 + u_T) gamma_n sum|terms| + floor_T,
+#     u_bf16 = 2^-8, u_fp16 = 2^-11.
+#   - dW and db stay fp32: |dW - s| <= gamma_rows * sum|terms| (no storage rounding).
+# The bound is tight: the rounding to T alone reaches ~u_T |s| on some element of every shape here,
+# so a second rounding (e.g. of the product before the bias is added) or a product in T fails it.
+try:
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+needs_ml_dtypes = pytest.mark.skipif(ml_dtypes is None, reason="ml_dtypes is not installed (pip install "
+                                     "ml_dtypes): it provides bfloat16")
+U_ADD = 2.0 ** -23      # per fp32 addition, truncation allowed
+KINDS = ["bf16", "fp16"]
+
+
+def storage(kind):
+    """(dtype, unit roundoff u_T, half the smallest subnormal)."""
+    if kind == "bf16":
+        return np.dtype(ml_dtypes.bfloat16), 2.0 ** -8, 2.0 ** -134
+    return np.dtype(np.float16), 2.0 ** -11, 2.0 ** -25
+
+
+def gamma(n):
+    return n * U_ADD / (1 - n * U_ADD)
+
+
+def make_inputs16(lead, IN, OUT, kind, seed):
+    """make_inputs' values rounded to T (the kernels' storage; weights ~ 1/sqrt(IN) as in GPT)."""
+    T = storage(kind)[0]
+    return [a.astype(T) for a in make_inputs(lead, IN, OUT, seed)]
+
+
+def run16(rt, x, weight, bias, dout, version=2, place=None, backward=True):
+    """Forward and backward on storage T through the bound launchers: out and dx poisoned with NaN
+    in T, dweight, dbias and the workspace with NaN in float32. `place(a)` puts an input in device
+    memory (default rt.asarray); bfloat16 crosses the binding as uint16 (rt.bits)."""
+    lib, dev, T = rt.lib, place or rt.asarray, x.dtype
+    poisoned = lambda shape, dtype=np.float32: rt.asarray(np.full(shape, np.nan, np.float32).astype(dtype))  # noqa: E731
+    xd, wd, dd = dev(x), dev(weight), dev(dout)
+    bd = None if bias is None else dev(bias)
+    OUT = weight.shape[0]
+    out = poisoned(x.shape[:-1] + (OUT,), T)
+    lib.linear_forward(rt.bits(out), rt.bits(xd), rt.bits(wd), rt.bits(bd), version, rt.stream())
+    if not backward:
+        return rt.asnumpy(out), None, None, None
+    rows = int(np.prod(x.shape[:-1]))
+    dx, dweight = poisoned(x.shape, T), poisoned(weight.shape)
+    dbias = None if bias is None else poisoned((OUT,))
+    workspace = poisoned((lib.linear_backward_workspace(rows, x.shape[-1], OUT),))
+    lib.linear_backward(rt.bits(dx), dweight, dbias, workspace, rt.bits(dd), rt.bits(xd), rt.bits(wd), version,
+                        rt.stream())
+    return [None if a is None else rt.asnumpy(a) for a in (out, dx, dweight, dbias)]
+
+
+def assert_within(name, got, exact, bound):
+    """|got - exact| <= bound element by element; NaN (an unwritten element) never passes."""
+    got = np.asarray(got).astype(np.float64)
+    assert got.shape == exact.shape, (name, got.shape, exact.shape)
+    bad = ~(np.abs(got - exact) <= bound)
+    if bad.any():
+        i = np.unravel_index(np.argmax(bad), bad.shape)
+        raise AssertionError(f"{name}: {bad.sum()} of {bad.size} elements outside the bound; first at {i}: "
+                             f"got {got[i]!r}, exact {exact[i]!r}, bound {bound[i]:.3g}")
+
+
+def check_forward16(out, x, weight, bias, kind):
+    """out = round_T(fp32(x W^T) + b): n = IN products (+ the bias) summed in fp32, one rounding."""
+    _, u, floor = storage(kind)
+    ax, aw = (np.abs(f64(a)).reshape(-1, a.shape[-1]) for a in (x, weight))
+    exact = f64(x).reshape(ax.shape) @ f64(weight).T
+    terms = ax @ aw.T
+    n = x.shape[-1]
+    if bias is not None:
+        exact, terms, n = exact + f64(bias), terms + np.abs(f64(bias)), n + 1
+    bound = u * np.abs(exact) + (1 + u) * gamma(n) * terms + floor      # derived above
+    assert_within("out", out.reshape(exact.shape), exact, bound)
+
+
+def check_backward16(dx, dweight, dbias, x, weight, dout, kind):
+    """dx = round_T(fp32(dy W)) (OUT products); dW = fp32(dy^T x), db = fp32 column sums (rows terms)."""
+    _, u, floor = storage(kind)
+    OUT, IN = weight.shape
+    X, W, D = f64(x).reshape(-1, IN), f64(weight), f64(dout).reshape(-1, OUT)
+    rows = X.shape[0]
+    exact, terms = D @ W, np.abs(D) @ np.abs(W)
+    assert_within("dx", dx.reshape(exact.shape), exact,
+                  u * np.abs(exact) + (1 + u) * gamma(OUT) * terms + floor)       # one rounding to T
+    assert dweight.dtype == np.float32
+    assert_within("dweight", dweight, D.T @ X, gamma(rows) * (np.abs(D).T @ np.abs(X)))   # fp32, no rounding
+    if dbias is None:
+        return
+    assert dbias.dtype == np.float32
+    assert_within("dbias", dbias, D.sum(0), gamma(rows) * np.abs(D).sum(0))
+
+
+def check16(rt, lead, IN, OUT, kind, seed, has_bias=True, version=2, place=None):
+    x, weight, bias, dout = make_inputs16(lead, IN, OUT, kind, seed)
+    bias = bias if has_bias else None
+    out, dx, dweight, dbias = run16(rt, x, weight, bias, dout, version, place)
+    assert out.dtype == x.dtype and dx.dtype == x.dtype
+    check_forward16(out, x, weight, bias, kind)
+    check_backward16(dx, dweight, dbias, x, weight, dout, kind)
+    if has_bias:
+        assert dbias is not None
+    else:
+        assert dbias is None
+
+
+# sizes: one row (T = 1), K = 1, an exact mma tile (16 x 8 x 16), one 64-tile, several k tiles and
+# blocks (128 x 96 x 80: 2 x 2 blocks of 64, three k tiles of 32), one past the tiles with rows that
+# are not 16-byte aligned (129: the plain-load path), K not a multiple of 8 or 16
+SHAPES16 = [([1], 1, 1), ([1], 200, 1), ([1], 64, 96), ([2], 1, 3), ([3], 5, 7), ([16], 16, 8),
+            ([64], 64, 64), ([128], 96, 80), ([130], 129, 131), ([33], 40, 72), ([2, 9], 24, 40),
+            ([17], 13, 70)]
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lead, IN, OUT", SHAPES16)
+def test_16bit_matches_the_rounded_product(kernel_runtime, kind, version, lead, IN, OUT):
+    """Forward (with and without the bias), dx, dweight and dbias on bf16 / fp16 storage, against
+    the float64 product of the same T values, within the bound derived above; both versions."""
+    check16(kernel_runtime, lead, IN, OUT, kind, seed=IN + OUT, version=version)
+    if version == 2:
+        check16(kernel_runtime, lead, IN, OUT, kind, seed=IN * OUT + 1, has_bias=False)
+
+
+@needs_ml_dtypes
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), rows=st.integers(1, 70),
+       IN=st.sampled_from(SIZES), OUT=st.sampled_from(SIZES), has_bias=st.booleans(),
+       kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+def test_16bit_property(kernel_runtime, lead, rows, IN, OUT, has_bias, kind, seed):
+    check16(kernel_runtime, list(lead) + [rows], IN, OUT, kind, seed, has_bias)
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lead, IN, OUT", [
+    ([2100], 8, 2100),     # forward on 128 x 128 tiles (8 warps of 64 x 32), cp.async
+    ([2100], 6, 2100),     # the same with rows of 12 bytes: plain loads, K < one mma step
+    ([2100], 2100, 3),     # dx on 128-tiles (K = 3)
+    ([5], 2100, 2100),     # dweight on 128-tiles (K = 5 rows)
+])
+def test_16bit_large_tiles(kernel_runtime, kind, lead, IN, OUT):
+    """Enough 128 x 128 tiles to take the large tensor-core kernel, kept cheap by a short K."""
+    check16(kernel_runtime, lead, IN, OUT, kind, seed=IN + OUT)
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lead, IN, OUT", [
+    ([3000], 40, 24),      # dweight: 24 x 40 summed over 3000 rows, cp.async (11 splits)
+    ([1030], 13, 7),       # the same with unaligned rows (plain loads, 4 splits)
+    ([5], 40, 2100),       # dx: 5 x 40 summed over 2100 outputs, split 8 ways; T written by the reduce
+])
+def test_16bit_split_k(kernel_runtime, kind, lead, IN, OUT):
+    """Small outputs with a long K take split-K: fp32 partials, summed in split order (then rounded
+    once to T for dx); within the bound, and two runs are bit-identical."""
+    rt = kernel_runtime
+    x, weight, bias, dout = make_inputs16(lead, IN, OUT, kind, IN)
+    first = run16(rt, x, weight, bias, dout)
+    check_forward16(first[0], x, weight, bias, kind)
+    check_backward16(*first[1:], x, weight, dout, kind)
+    for a, b in zip(first, run16(rt, x, weight, bias, dout)):
+        np.testing.assert_array_equal(a.view(np.uint16) if a.itemsize == 2 else a,
+                                      b.view(np.uint16) if b.itemsize == 2 else b)
+
+
+def shifted16(rt, a):
+    """`a` in device memory starting 2 bytes past a 16-byte boundary: cp.async may not read it."""
+    buffer = rt.xp.zeros(a.size + 8, a.dtype)
+    start = 1 if rt.backend != "host" else (-(buffer.ctypes.data // 2) % 8) + 1
+    view = buffer[start:start + a.size].reshape(a.shape)
+    view[...] = rt.asarray(a)
+    if rt.backend == "host":
+        assert view.ctypes.data % 16 == 2
+    return view
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("kind", KINDS)
+def test_16bit_misaligned_arrays_take_the_plain_load_path(kernel_runtime, kind):
+    """Every dimension a multiple of 8, but the arrays start 2 bytes off: the cp.async rows would
+    be misaligned, so the operands come in by plain loads; the output pairs are stored singly."""
+    rt = kernel_runtime
+    check16(rt, [36], 24, 72, kind, seed=7, place=lambda a: shifted16(rt, a))
+    x, weight, bias, _ = make_inputs16([36], 24, 72, kind, 8)
+    out = shifted16(rt, np.full((36, 72), np.nan, np.float32).astype(x.dtype))
+    rt.lib.linear_forward(rt.bits(out), rt.bits(rt.asarray(x)), rt.bits(rt.asarray(weight)),
+                          rt.bits(rt.asarray(bias)), 2, rt.stream())
+    check_forward16(rt.asnumpy(out), x, weight, bias, kind)
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("kind", KINDS)
+def test_16bit_empty_dimensions(kernel_runtime, kind):
+    """No rows: out empty, dweight and dbias zeros. IN = 0: out is the bias (rounded: it is T)."""
+    rt = kernel_runtime
+    check16(rt, [0], 16, 8, kind, seed=0)
+    x, weight, bias, dout = make_inputs16([4], 0, 5, kind, 1)
+    out, dx, dweight, dbias = run16(rt, x, weight, bias, dout)
+    np.testing.assert_array_equal(f64(out), np.broadcast_to(f64(bias), (4, 5)))
+    assert dx.shape == (4, 0) and dweight.shape == (5, 0)
+    assert_within("dbias", dbias, f64(dout).sum(0), gamma(4) * np.abs(f64(dout)).sum(0))
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("schedule", ["reverse", "random:5"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_16bit_under_other_schedules_with_poison(host_runtime, monkeypatch, kind, schedule):
+    """The cp.async pipeline's stages and its one barrier per k tile: any order of the threads,
+    shared memory poisoned (NaN) at each block's start, gives the forward order's results bit for
+    bit (several k tiles and blocks; cp.async and plain loads; a split-K product)."""
+    rt = host_runtime
+    cases = [make_inputs16([128], 96, 80, kind, 3), make_inputs16([70], 129, 33, kind, 4),
+             make_inputs16([1030], 16, 8, kind, 5)]
+    monkeypatch.setenv("SCRATCH_HOST_POISON", "1")
+    want = [run16(rt, *c) for c in cases]
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    for c, w in zip(cases, want):
+        got = run16(rt, *c)
+        check_forward16(got[0], c[0], c[1], c[2], kind)
+        check_backward16(*got[1:], c[0], c[1], c[3], kind)
+        for a, b in zip(got, w):
+            np.testing.assert_array_equal(a.view(np.uint16) if a.itemsize == 2 else a,
+                                          b.view(np.uint16) if b.itemsize == 2 else b)
