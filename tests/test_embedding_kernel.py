@@ -1,11 +1,15 @@
 """csrc/embedding.cu against reference/embedding.py (float64), on the host executor always and,
 marked `cuda`, on the GPU. Outputs and the workspace are poisoned before each launch.
+bfloat16 / float16 storage: out = R(f(wte[id]) + f(wpe[t])) and the float32 dwte / dwpe against
+float64 on the same T-rounded inputs, within derived bounds, and bit for bit NumPy's float32
+arithmetic in the kernels' fixed order.
 """
 import numpy as np
 import pytest
 from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import assert_sum_close, f64, poisoned, rel_err, shifted
+from kernelutil import U32, assert_within, device_shifted, gamma, storage
 from scratchgpt.reference import embedding as ref
 
 WIDTHS = [1, 3, 4, 5, 31, 32, 33, 100, 128, 130]
@@ -180,3 +184,108 @@ def test_dwpe_past_the_old_grid_limit(host_runtime):
     want = dout[0] + dout[1]   # two float32 terms: the kernels add them in this order
     np.testing.assert_array_equal(dwpe, want)
     np.testing.assert_array_equal(dwte, want)
+
+
+# ----------------------------------------------------------------- bfloat16 / float16 storage
+KINDS = ["bf16", "fp16"]
+
+
+def check_storage(rt, idx, wte, wpe, dout, kind, place=None):
+    """Tables and dout rounded to T. Bounds (u = 2^-24, gamma(n) = n u / (1 - n u)):
+    out: one float32 sum of two terms, then one rounding to T: u_T |exact| + u |exact| + floor_T;
+    dwpe[t]: a float32 sum of the B rows dout[:, t] (float32 output): gamma(B) sum|dout[:, t]|;
+    dwte[v]: a float32 sum over the positions holding v: gamma(count(v)) sum|dout rows|.
+    The kernels' order is fixed (batch order; increasing position per token), so the bits must
+    also equal NumPy's float32 cumulative sums of the widened rows."""
+    place = place or rt.asarray
+    wt, wp, ds = storage(wte, kind), storage(wpe, kind), storage(dout, kind)
+    lib = rt.lib
+    B, T = idx.shape
+    idx_d = rt.asarray(idx)
+    out = poisoned(rt, (B, T, wte.shape[1]), wt.dtype)
+    lib.embedding_forward(rt.bits(out), idx_d, rt.bits(place(wt)), rt.bits(place(wp)),
+                          poisoned(rt, (1,), np.int32), rt.stream())
+    dwte, dwpe = poisoned(rt, wte.shape), poisoned(rt, wpe.shape)
+    workspace = poisoned(rt, (lib.embedding_backward_workspace(wte.shape[0], idx.size),), np.int32)
+    lib.embedding_backward(dwte, dwpe, workspace, rt.bits(place(ds)), idx_d, rt.stream())
+    out, dwte, dwpe = (rt.asnumpy(a) for a in (out, dwte, dwpe))
+
+    exact = f64(wt)[idx] + f64(wp)[:T][None]
+    assert_within(out, exact, U32 * np.abs(exact), kind, "out", dtype=wt.dtype)
+    want = (wt.astype(np.float32)[idx] + wp.astype(np.float32)[:T][None]).astype(wt.dtype)
+    np.testing.assert_array_equal(out.view(np.uint16), want.view(np.uint16))
+
+    d = f64(ds)
+    r_dwte, r_dwpe = np.zeros(wte.shape), np.zeros(wpe.shape)
+    a_dwte, a_dwpe = np.zeros(wte.shape), np.zeros(wpe.shape)
+    r_dwpe[:T], a_dwpe[:T] = d.sum(0), np.abs(d).sum(0)
+    np.add.at(r_dwte, idx.ravel(), d.reshape(-1, d.shape[-1]))
+    np.add.at(a_dwte, idx.ravel(), np.abs(d).reshape(-1, d.shape[-1]))
+    counts = np.bincount(idx.ravel(), minlength=wte.shape[0])[:, None]
+    assert_within(dwpe, r_dwpe, gamma(B) * a_dwpe, "fp32", "dwpe", dtype=np.float32)
+    assert_within(dwte, r_dwte, gamma(counts) * a_dwte, "fp32", "dwte", dtype=np.float32)
+    d32 = ds.astype(np.float32)
+    np.testing.assert_array_equal(dwpe[:T], np.cumsum(d32, axis=0)[-1])
+    rows, flat = d32.reshape(-1, d32.shape[-1]), idx.ravel()
+    for v in np.unique(flat):
+        np.testing.assert_array_equal(dwte[v], np.cumsum(rows[flat == v], axis=0)[-1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B, T, Tmax, V, C, distinct", [
+    (1, 1, 1, 1, 1, None), (2, 3, 4, 5, 7, None), (2, 3, 3, 9, 8, None), (3, 5, 6, 11, 9, 2),
+    (2, 4, 4, 7, 768, None), (4, 700, 700, 7, 16, 3), (3, 30, 40, 50, 130, None)])
+def test_storage_shapes(kernel_runtime, kind, B, T, Tmax, V, C, distinct):
+    """C around the 8-value pack (1, 7, 8, 9), long buckets, rows t >= T of dwpe."""
+    check_storage(kernel_runtime, *make_inputs(B, T, Tmax, V, C, B + T + C, distinct), kind)
+
+
+@given(B=st.integers(1, 4), T=st.integers(1, 12), extra=st.integers(0, 3), V=st.integers(1, 70),
+       C=st.sampled_from(WIDTHS + [8, 16, 24]), distinct=st.sampled_from([None, 1, 3]),
+       id_dtype=st.sampled_from([np.int32, np.int64]), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+def test_storage_matches_exact(kernel_runtime, B, T, extra, V, C, distinct, id_dtype, kind, seed):
+    check_storage(kernel_runtime, *make_inputs(B, T, T + extra, V, C, seed, distinct, id_dtype), kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_misaligned_tables_take_the_scalar_path(kernel_runtime, kind):
+    rt = kernel_runtime
+    check_storage(rt, *make_inputs(2, 6, 6, 10, 16, 4), kind, place=lambda a: device_shifted(rt, a))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_wrapper(kernel_runtime, kind):
+    """out of the tables' dtype, dwte and dwpe float32."""
+    rt = kernel_runtime
+    op = rt_op(rt)
+    idx, wte, wpe, dout = make_inputs(2, 5, 8, 11, 16, 3)
+    wt, wp, ds = storage(wte, kind), storage(wpe, kind), storage(dout, kind)
+    out, cache = op.forward(rt.asarray(idx), rt.asarray(wt), rt.asarray(wp))
+    want = (wt.astype(np.float32)[idx] + wp.astype(np.float32)[:5][None]).astype(wt.dtype)
+    assert out.dtype == wt.dtype
+    np.testing.assert_array_equal(rt.asnumpy(out).view(np.uint16), want.view(np.uint16))
+    dwte, dwpe = op.backward(rt.asarray(ds), cache)
+    r_dwte, r_dwpe = ref.backward(f64(ds), ref.forward(idx, f64(wt), f64(wp))[1])
+    a_dwte, a_dwpe = ref.backward(np.abs(f64(ds)), ref.forward(idx, f64(wt), f64(wp))[1])
+    assert_within(rt.asnumpy(dwpe), r_dwpe, gamma(2) * a_dwpe, "fp32", "dwpe", dtype=np.float32)
+    counts = np.bincount(idx.ravel(), minlength=11)[:, None]
+    assert_within(rt.asnumpy(dwte), r_dwte, gamma(counts) * a_dwte, "fp32", "dwte", dtype=np.float32)
+
+
+def test_storage_dtypes_are_checked_by_name(host_runtime):
+    rt, lib = host_runtime, host_runtime.lib
+    op = rt_op(rt)
+    idx, wte, wpe, dout = make_inputs(2, 4, 4, 10, 8, 0)
+    status = np.zeros(1, np.int32)
+    wb, pb = storage(wte, "bf16"), storage(wpe, "bf16")
+    with pytest.raises(TypeError, match=r"^wpe: expected bfloat16 \(uint16 bits\) like wte, got float32"):
+        op.forward(idx, wb, wpe)
+    with pytest.raises(TypeError, match=r"^out: expected bfloat16 \(uint16 bits\) like wte, got float32"):
+        lib.embedding_forward(np.empty((2, 4, 8), np.float32), idx, rt.bits(wb), rt.bits(pb), status)
+    with pytest.raises(TypeError, match=r"^wte: expected float32, bfloat16 \(uint16 bits\) or float16, got int32"):
+        lib.embedding_forward(np.empty((2, 4, 8), np.float32), idx, wte.astype(np.int32), wpe, status)
+    with pytest.raises(TypeError, match=r"^dwte: expected float32, got float16"):
+        lib.embedding_backward(np.empty(wte.shape, np.float16), np.empty_like(wpe), np.zeros(30, np.int32),
+                               storage(dout, "fp16"), idx)
+    with pytest.raises(TypeError, match=r"^dout: expected float32, bfloat16 \(uint16 bits\) or float16, got float64"):
+        lib.embedding_backward(np.empty_like(wte), np.empty_like(wpe), np.zeros(30, np.int32), f64(dout), idx)

@@ -3,6 +3,8 @@
 forward(idx [B, T], wte [V, C], wpe [Tmax, C]) -> out [B, T, C], cache (idx, wte.shape,
 wpe.shape) as the reference keeps it. backward(dout, cache) -> dwte, dwpe; dwte is summed per
 token id in a fixed order, so repeated runs give the same bits.
+Storage: wte and wpe of one dtype T, float32, bfloat16 (ml_dtypes) or float16 (the working copy
+of the parameters); out and dout are T; dwte and dwpe are float32 whatever T is.
 """
 import numpy as np
 
@@ -39,20 +41,20 @@ class Embedding:
     def forward(self, idx, wte, wpe):
         rt = self.rt
         idx = token_ids(rt, idx)
-        wte, wpe = rt.inputs(wte=wte, wpe=wpe)
+        wte, wpe = storage_inputs(rt, wte=wte, wpe=wpe)
         if idx.ndim != 2:
             raise ValueError(f"idx: expected 2 dimensions, got shape {tuple(idx.shape)}")
-        out = rt.empty(tuple(idx.shape) + (wte.shape[-1] if wte.ndim else 0,))
+        out = rt.empty(tuple(idx.shape) + (wte.shape[-1] if wte.ndim else 0,), wte.dtype)
         status = rt.empty((1,), np.int32)
-        rt.lib.embedding_forward(out, idx, wte, wpe, status, rt.stream())
+        rt.lib.embedding_forward(rt.bits(out), idx, rt.bits(wte), rt.bits(wpe), status, rt.stream())
         return out, (idx, tuple(wte.shape), tuple(wpe.shape))
 
     def backward(self, dout, cache):
         rt = self.rt
         idx, wte_shape, wpe_shape = cache
-        (dout,) = rt.inputs(dout=dout)
-        dwte = rt.empty(wte_shape)
-        dwpe = rt.empty(wpe_shape)
+        (dout,) = storage_inputs(rt, dout=dout)
+        dwte = rt.empty(wte_shape, np.float32)
+        dwpe = rt.empty(wpe_shape, np.float32)
         workspace = rt.empty((rt.lib.embedding_backward_workspace(wte_shape[0], idx.size),), np.int32)
-        rt.lib.embedding_backward(dwte, dwpe, workspace, dout, idx, rt.stream())
+        rt.lib.embedding_backward(dwte, dwpe, workspace, rt.bits(dout), idx, rt.stream())
         return dwte, dwpe
