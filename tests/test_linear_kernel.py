@@ -505,3 +505,69 @@ def test_16bit_under_other_schedules_with_poison(host_runtime, monkeypatch, kind
         for a, b in zip(got, w):
             np.testing.assert_array_equal(a.view(np.uint16) if a.itemsize == 2 else a,
                                           b.view(np.uint16) if b.itemsize == 2 else b)
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("kind", KINDS)
+def test_16bit_wrapper(kernel_runtime, kind):
+    """kernels.linear.Linear takes T arrays (host or device): out and dx come back in T, dweight
+    and dbias in float32, within the bounds above; both versions; with and without a bias."""
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    op = REGISTRY["linear"](rt)
+    x, weight, bias, dout = make_inputs16([2, 3], 40, 24, kind, 9)
+    for version in (2, 1):
+        op.version = version
+        for b in (bias, None):
+            out, cache = op.forward(rt.asarray(x), rt.asarray(weight), None if b is None else rt.asarray(b))
+            dx, dweight, dbias = op.backward(rt.asarray(dout), cache)
+            out, dx, dweight = rt.asnumpy(out), rt.asnumpy(dx), rt.asnumpy(dweight)
+            assert out.dtype == x.dtype and out.shape == (2, 3, 24)
+            assert dx.dtype == x.dtype and dweight.dtype == np.float32
+            check_forward16(out, x, weight, b, kind)
+            check_backward16(dx, dweight, None if dbias is None else rt.asnumpy(dbias), x, weight, dout, kind)
+            assert (dbias is None) == (b is None)
+
+
+@needs_ml_dtypes
+def test_16bit_dtype_mixes_are_named(kernel_runtime):
+    """A wrong dtype mix raises TypeError naming the argument, in the wrapper and in the binding."""
+    from scratchgpt.kernels import REGISTRY
+    rt = kernel_runtime
+    lib, a = rt.lib, rt.asarray
+    op = REGISTRY["linear"](rt)
+    xb, wb, bb, db = (a(v) for v in make_inputs16([4], 8, 6, "bf16", 0))
+    xh, wh, bh, dh = (a(v) for v in make_inputs16([4], 8, 6, "fp16", 0))
+    with pytest.raises(TypeError, match=r"^weight: expected bfloat16 like x, got float16"):
+        op.forward(xb, wh, bb)
+    with pytest.raises(TypeError, match=r"^bias: expected float16 like x, got float32"):
+        op.forward(xh, wh, a(np.zeros(6, np.float32)))
+    with pytest.raises(TypeError, match=r"^weight: expected float32 like x, got bfloat16"):
+        op.forward(a(np.zeros((4, 8), np.float32)), wb)
+    _, cache = op.forward(xb, wb, bb)
+    with pytest.raises(TypeError, match=r"^dout: expected bfloat16 like x, got float16"):
+        op.backward(dh, cache)
+
+    bits = rt.bits
+    out_b, out_h = a(np.zeros((4, 6), np.uint16)), a(np.zeros((4, 6), np.float16))
+    with pytest.raises(TypeError, match=r"^weight: expected bfloat16 \(uint16 bits\) like x, got float16"):
+        lib.linear_forward(out_b, bits(xb), wh, bits(bb), 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^bias: expected float16 like x, got float32"):
+        lib.linear_forward(out_h, xh, wh, a(np.zeros(6, np.float32)), 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^out: expected float16 like x, got float32"):
+        lib.linear_forward(a(np.zeros((4, 6), np.float32)), xh, wh, bh, 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^x: expected float32, float16 or bfloat16 \(uint16 bits\), got float64"):
+        lib.linear_forward(out_h, a(np.zeros((4, 8))), wh, bh, 2, rt.stream())
+    ws = a(np.zeros(lib.linear_backward_workspace(4, 8, 6), np.float32))
+    dx_h, dw, dbias = a(np.zeros((4, 8), np.float16)), a(np.zeros((6, 8), np.float32)), a(np.zeros(6, np.float32))
+    with pytest.raises(TypeError, match=r"^dout: expected float16 like x, got bfloat16 \(uint16 bits\)"):
+        lib.linear_backward(dx_h, dw, dbias, ws, bits(db), xh, wh, 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^dx: expected float16 like x, got float32"):
+        lib.linear_backward(a(np.zeros((4, 8), np.float32)), dw, dbias, ws, dh, xh, wh, 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^dweight: expected float32 \(parameter gradients are float32\), "
+                                       r"got float16"):
+        lib.linear_backward(dx_h, a(np.zeros((6, 8), np.float16)), dbias, ws, dh, xh, wh, 2, rt.stream())
+    with pytest.raises(TypeError, match=r"^dbias: expected float32 \(parameter gradients are float32\), "
+                                       r"got bfloat16 \(uint16 bits\)"):
+        lib.linear_backward(a(np.zeros((4, 8), np.uint16)), dw, a(np.zeros(6, np.uint16)), ws, bits(db),
+                            bits(xb), bits(wb), 2, rt.stream())

@@ -4,13 +4,28 @@ forward(x [..., IN], weight [OUT, IN], bias [OUT] or None) -> out [..., OUT], ca
 (x, weight, has_bias) as the reference keeps it. backward(dout, cache) -> dx, dweight, dbias
 (None without a bias).
 
-`version` picks the matmul kernel: 2 (default) the tiled, register-blocked SGEMM; 1 the naive
+Storage: float32, or bfloat16 (ml_dtypes) / float16 for mixed precision, picked by x's dtype;
+weight, bias and dout must match it. With 16-bit storage out and dx are that type (each one
+rounding of an fp32 sum; the bias is added in fp32 before it), while dweight and dbias are
+float32 (parameter gradients are fp32). bfloat16 crosses the binding as its uint16 bits.
+
+`version` picks the matmul kernel: 2 (default) the tiled, register-blocked SGEMM for float32 and
+the tensor-core GEMM (mma.sync, ldmatrix, cp.async) for bfloat16 / float16; 1 the naive
 thread-per-output baseline kept for study and comparison (`Linear(rt, version=1)`, or set
 `backend.linear.version = 1`).
 """
 import math
 
+import numpy as np
+
 VERSIONS = (1, 2)
+
+
+def _like_x(x, **others):
+    """Each of `others` (None allowed) has x's storage dtype: TypeError naming the one that does not."""
+    for name, a in others.items():
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(f"{name}: expected {x.dtype} like x, got {a.dtype}")
 
 
 class Linear:
@@ -37,18 +52,22 @@ class Linear:
             raise ValueError("x: expected at least 1 dimension ([..., IN]), got a scalar")
         if weight.ndim != 2:
             raise ValueError(f"weight: expected 2 dimensions [OUT, IN], got shape {weight.shape}")
-        out = rt.empty(x.shape[:-1] + (weight.shape[0],))
-        rt.lib.linear_forward(out, x, weight, bias, self.version, rt.stream())
+        _like_x(x, weight=weight, bias=bias)
+        out = rt.empty(x.shape[:-1] + (weight.shape[0],), x.dtype)
+        rt.lib.linear_forward(rt.bits(out), rt.bits(x), rt.bits(weight), rt.bits(bias), self.version,
+                              rt.stream())
         return out, (x, weight, bias is not None)
 
     def backward(self, dout, cache):
         rt = self.rt
         x, weight, has_bias = cache
         (dout,) = rt.inputs(dout=dout)
+        _like_x(x, dout=dout)
         rows = math.prod(x.shape[:-1])
-        dx = rt.empty(x.shape)
-        dweight = rt.empty(weight.shape)
-        dbias = rt.empty(weight.shape[:1]) if has_bias else None
-        workspace = rt.empty((rt.lib.linear_backward_workspace(rows, *weight.shape[::-1]),))
-        rt.lib.linear_backward(dx, dweight, dbias, workspace, dout, x, weight, self.version, rt.stream())
+        dx = rt.empty(x.shape, x.dtype)
+        dweight = rt.empty(weight.shape, np.float32)          # parameter gradients: fp32
+        dbias = rt.empty(weight.shape[:1], np.float32) if has_bias else None
+        workspace = rt.empty((rt.lib.linear_backward_workspace(rows, *weight.shape[::-1]),), np.float32)
+        rt.lib.linear_backward(rt.bits(dx), dweight, dbias, workspace, rt.bits(dout), rt.bits(x),
+                               rt.bits(weight), self.version, rt.stream())
         return dx, dweight, dbias
