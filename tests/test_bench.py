@@ -210,3 +210,53 @@ def test_table_runs_the_compiled_kernels_on_the_host_executor():
     for r in records:
         assert r["skip"] is None and r["ms"] > 0, r
         assert r["check_rel_err"] < kernels.SPECS[r["name"]].tol and r["check_shape"] != r["shape"]
+
+
+# ------------------------------------------------------ bf16 / fp16 linear rows (tensor-core GEMM)
+def test_linear_low_rows_on_the_compiled_backends(monkeypatch):
+    """linear_low_cases through run_table on the host executor and on the emulated device (the
+    cuda backend's own path): every row is checked against the float64 reference (tol 1e-2) and
+    timed; linear_low_summary reports each one. No torch here: cuBLAS is said to be untimed."""
+    import warnings
+
+    from scratchgpt.ops import get_backend
+    pytest.importorskip("ml_dtypes")
+    cases = kernels.linear_low_cases(B=2, T=8, C=24, V=40)
+    assert {(c.label.split()[0], c.pass_) for c in cases} == {
+        (n, p) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+        for p in ("forward", "backward")}
+    for emulate in ("", "1"):
+        monkeypatch.setenv("SCRATCHGPT_EMULATE_CUDA", emulate)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backend = get_backend("cuda" if emulate else "host")
+        records = kernels.run_table(cases, backend, WallTimer(warmup=0, repeats=2, flush_bytes=1 << 16),
+                                    {"copy_gbps": 10.0, "sgemm_tflops": 0.1}, progress=False, check_rows=8)
+        for r in records:
+            assert r["skip"] is None and r["ms"] > 0, r
+            assert 0 < r["check_rel_err"] < 1e-2 and r["check_shape"]["N"] == 8, r   # bf16 rounding seen
+        lines = kernels.linear_low_summary(records, {"bf16_gemm_tflops": 1.0})
+        assert len(lines) == len(cases) and all("cuBLAS not timed (no torch)" in x for x in lines)
+        assert all("% of the bf16 GEMM ceiling" in x for x in lines)
+
+
+def test_linear_low_summary_ratio_and_goal():
+    """cuBLAS's time over ours, against the 80 % goal; a row that was not timed says why."""
+    def rec(ms, torch_ms, skip=None):
+        return {"name": "linear", "label": "mlp.c_fc bf16", "pass": "forward", "tags": ["bf16"],
+                "shape": {"N": 8, "in": 4, "out": 16, "bias": True}, "ms": ms, "torch_ms": torch_ms,
+                "tflops": 2.0 if ms else None, "skip": skip}
+    fast, slow, skipped = rec(1.0, 0.9), rec(2.0, 1.0), rec(None, 1.0, "wrong result: relative error 1e-01")
+    lines = kernels.linear_low_summary([fast, slow, skipped, {"name": "gelu", "tags": []}],
+                                       {"bf16_gemm_tflops": 4.0})
+    assert len(lines) == 3
+    assert "0.90x = 90% of cuBLAS's speed (goal >= 80%)" in lines[0] and fast["vs_cublas"] == 0.9
+    assert "0.50x = 50% of cuBLAS's speed (goal >= 80%, missed)" in lines[1]
+    assert "50% of the bf16 GEMM ceiling" in lines[0] and fast["pct_of_bf16_gemm"] == 50.0
+    assert lines[2].endswith("wrong result: relative error 1e-01")
+    cases = kernels.linear_low_cases(B=8, T=1024, C=768, V=50257)
+    lm_head = [c for c in cases if c.label == "lm_head bf16" and c.pass_ == "forward"][0]
+    assert lm_head.shape == {"N": 8192, "in": 768, "out": 50257, "bias": False}
+    assert lm_head.bytes() == 2 * (8192 * 768 + 50257 * 768 + 8192 * 50257)
+    assert kernels.Case("linear", "forward", lm_head.shape).bytes() == 2 * lm_head.bytes()   # fp32: 4 bytes
+    assert lm_head.spec.tol == 1e-2 and lm_head.flops() == 2 * 8192 * 768 * 50257

@@ -399,7 +399,8 @@ def _to_host64(a, asnumpy):
     if not hasattr(a, "shape"):
         return a
     a = asnumpy(a)
-    return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+    floating = np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16"   # ml_dtypes'
+    return a.astype(np.float64) if floating else a
 
 
 def shrink(shape, max_rows):
@@ -559,12 +560,13 @@ class AttentionLowPrecision(Attention):
 
 @dataclass
 class LowPrecisionCase(Case):
-    """A case of AttentionLowPrecision: op "attention" (the backend's op), its own spec."""
+    """A case on 16-bit storage: op "attention" or "linear" (the backend's op), its own spec
+    (AttentionLowPrecision, LinearLowPrecision)."""
     precision: str = "bf16"
 
     @property
     def spec(self):
-        return AttentionLowPrecision(self.precision)
+        return LOW_PRECISION_SPECS[self.op](self.precision)
 
 
 def attention_low_cases(B, T, C, H, precision="bf16", lengths=()):
@@ -626,5 +628,84 @@ def attention_low_summary(records, ceilings=None, goal=ATTENTION_LOW_GOAL):
     return lines
 
 
+# ------------------------------------------- bf16 / fp16 linear on tensor cores, against cuBLAS
+# Rows of their own, as for attention: the linear op on 16-bit x, weight, bias and dout, so the
+# cuda backend runs csrc/linear.cu's tensor-core GEMM (mma.sync, ldmatrix, cp.async) for the
+# forward and both backward products; PyTorch runs F.linear on the same 16-bit tensors, which is
+# cuBLAS's bf16 / fp16 GEMM (fp32 accumulation) at the same shape. The issue's goal: >= 80 % of
+# cuBLAS's speed (cuBLAS's time / ours), printed per pass by linear_low_summary, which also gives
+# the share of the bf16 GEMM ceiling (cuBLAS at 8192^3, measured in the same run). The cases check
+# themselves against the float64 reference before timing (tol 1e-2, DESIGN.md's bf16 bound).
+# bench.py adds them with `cases += linear_low_cases(B, T, C, V)` next to the float32 rows and
+# prints `linear_low_summary(records, ceilings)`.
+LINEAR_LOW_GOAL = 80.0
+
+
+class LinearLowPrecision(Linear):
+    """The linear spec with x, weight, bias and dout in 16-bit storage; out and dx come back in
+    it, dweight and dbias in float32 (csrc/linear.cu)."""
+    tol = 1e-2
+
+    def __init__(self, precision="bf16"):
+        from ..precision import storage_dtype
+        self.precision = precision
+        self.dtype = storage_dtype(precision)
+
+    def inputs(self, xp, s, seed):
+        return {k: (v if v is None else v.astype(self.dtype)) for k, v in super().inputs(xp, s, seed).items()}
+
+    def bytes(self, s, pass_):
+        N, I, O, b = s["N"], s["in"], s["out"], int(s["bias"])
+        if pass_ == "forward":     # x, W, b -> out, 2 bytes each
+            return 2 * (N * I + O * I + b * O + N * O)
+        return 2 * (N * O + N * I + O * I + N * I) + F32 * (O * I + b * O)   # dy, x, W -> dx; dW, db fp32
+
+
+def linear_low_cases(B, T, C, V, precision="bf16", check=True):
+    """The model's five linears at B*T rows (GPT-2 shapes for GPT-2's C and V), both passes."""
+    N = B * T
+    linears = {"attn.c_attn": (C, 3 * C, True), "attn.c_proj": (C, C, True),
+               "mlp.c_fc": (C, 4 * C, True), "mlp.c_proj": (4 * C, C, True), "lm_head": (C, V, False)}
+    out = []
+    for name, (i, o, b) in linears.items():
+        for p in LinearLowPrecision.passes:
+            out.append(LowPrecisionCase("linear", p, dict(N=N, **{"in": i, "out": o}, bias=b),
+                                        f"{name} {precision}", check=check, tags=[precision],
+                                        precision=precision))
+    return out
+
+
+def linear_low_summary(records, ceilings=None, goal=LINEAR_LOW_GOAL):
+    """Lines for the report: per 16-bit linear case, our time against cuBLAS's (PyTorch's F.linear
+    on the same 16-bit tensors: the goal's ratio) and the share of the measured bf16 GEMM rate;
+    the records gain `vs_cublas` and `pct_of_bf16_gemm`."""
+    peak = (ceilings or {}).get("bf16_gemm_tflops")
+    lines = []
+    for r in records:
+        if r["name"] != "linear" or not any(t in ("bf16", "fp16") for t in r.get("tags", ())):
+            continue
+        what = f"linear [{r['label']}] {r['pass']} {' '.join(f'{k}={v}' for k, v in r['shape'].items())}"
+        if not r.get("ms"):
+            lines.append(f"{what}: {r.get('skip') or 'not timed'}")
+            continue
+        line = f"{what}: {r['ms']:.3f} ms"
+        if r.get("torch_ms"):
+            r["vs_cublas"] = r["torch_ms"] / r["ms"]
+            line += (f", cuBLAS (torch F.linear) {r['torch_ms']:.3f} ms: {r['vs_cublas']:.2f}x = "
+                     f"{100 * r['vs_cublas']:.0f}% of cuBLAS's speed (goal >= {goal:.0f}%"
+                     f"{'' if 100 * r['vs_cublas'] >= goal else ', missed'})")
+        else:
+            line += f", cuBLAS not timed ({r.get('torch_skip') or 'no torch'})"
+        if peak:
+            r["pct_of_bf16_gemm"] = 100.0 * r["tflops"] / peak
+            line += f"; {r['tflops']:.1f} TFLOP/s = {r['pct_of_bf16_gemm']:.0f}% of the bf16 GEMM ceiling"
+        lines.append(line)
+    return lines
+
+
+LOW_PRECISION_SPECS = {"attention": AttentionLowPrecision, "linear": LinearLowPrecision}
+
+
 __all__ = ["Case", "SPECS", "OPS", "model_cases", "sweep_cases", "select", "run_table", "rates",
-           "roofline_bound", "summarize_goals", "model_dims"]
+           "roofline_bound", "summarize_goals", "model_dims", "attention_low_cases", "attention_low_summary",
+           "check_attention_low", "linear_low_cases", "linear_low_summary"]
