@@ -561,6 +561,9 @@ LOW_SHAPES = [   # B, T, H, D, window
     (1, 130, 1, 64, 70),     # three tiles, the band skips the first key tile of the last
     (2, 33, 3, 16, None),    # D = 16 in the 32-wide instantiation
     (1, 48, 2, 80, 20),      # D = 80 in the 128-wide one (k-steps and n-tiles past D skipped)
+    (1, 40, 1, 128, None),   # the widest head
+    (2, 200, 3, 64, None),   # four query tiles, heads and batches in one grid
+    (1, 256, 2, 128, 100),   # the widest head, banded across four tiles
     (1, 65, 2, 8, 1),        # window 1: P = I, dq = dk = 0
     (1, 50, 2, 20, None),    # D % 8 != 0: the SIMT kernels
 ]
@@ -572,6 +575,21 @@ def test_low_precision_flash(kernel_runtime, precision, B, T, H, D, window):
     ratios = check_low(kernel_runtime, B, T, H, D, window, precision, seed=T + D)
     if T > 1 and window != 1:   # y = v exactly otherwise
         assert ratios["y"] > 0.1   # the storage rounding shows: the bound is not vacuous
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", list(LOW))
+def test_low_precision_long_causal(kernel_runtime, precision):
+    """T = 1024: 16 key tiles for the last query tile (the online softmax rescales 15 times)."""
+    check_low(kernel_runtime, 1, 1024, 1, 64, None, precision, seed=3)
+
+
+@pytest.mark.parametrize("precision", list(LOW))
+@given(B=st.integers(1, 2), T=st.integers(1, 80), H=st.integers(1, 2),
+       D=st.sampled_from([8, 16, 24, 32, 40, 64, 72, 96, 128, 12, 20]),
+       window=st.one_of(st.none(), st.integers(1, 90)), seed=st.integers(0, 2**16))
+def test_low_precision_flash_shapes(kernel_runtime, precision, B, T, H, D, window, seed):
+    check_low(kernel_runtime, B, T, H, D, window, precision, seed=seed)
 
 
 @pytest.mark.parametrize("precision", list(LOW))
