@@ -290,7 +290,8 @@ except ImportError:
 needs_ml_dtypes = pytest.mark.skipif(ml_dtypes is None, reason="ml_dtypes is not installed (pip install "
                                      "ml_dtypes): it provides bfloat16")
 U_ADD = 2.0 ** -23      # per fp32 addition, truncation allowed
-KINDS = ["bf16", "fp16"]
+KINDS = [pytest.param("bf16", marks=needs_ml_dtypes), "fp16"]   # fp16 runs where ml_dtypes is missing
+KIND_NAMES = ["bf16", "fp16"] if ml_dtypes is not None else ["fp16"]
 
 
 def storage(kind):
@@ -394,7 +395,6 @@ SHAPES16 = [([1], 1, 1), ([1], 200, 1), ([1], 64, 96), ([2], 1, 3), ([3], 5, 7),
             ([17], 13, 70)]
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("version", [2, 1])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lead, IN, OUT", SHAPES16)
@@ -406,15 +406,13 @@ def test_16bit_matches_the_rounded_product(kernel_runtime, kind, version, lead, 
         check16(kernel_runtime, lead, IN, OUT, kind, seed=IN * OUT + 1, has_bias=False)
 
 
-@needs_ml_dtypes
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), rows=st.integers(1, 70),
        IN=st.sampled_from(SIZES), OUT=st.sampled_from(SIZES), has_bias=st.booleans(),
-       kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
+       kind=st.sampled_from(KIND_NAMES), seed=st.integers(0, 2**16))
 def test_16bit_property(kernel_runtime, lead, rows, IN, OUT, has_bias, kind, seed):
     check16(kernel_runtime, list(lead) + [rows], IN, OUT, kind, seed, has_bias)
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lead, IN, OUT", [
     ([2100], 8, 2100),     # forward on 128 x 128 tiles (8 warps of 64 x 32), cp.async
@@ -427,7 +425,6 @@ def test_16bit_large_tiles(kernel_runtime, kind, lead, IN, OUT):
     check16(kernel_runtime, lead, IN, OUT, kind, seed=IN + OUT)
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lead, IN, OUT", [
     ([3000], 40, 24),      # dweight: 24 x 40 summed over 3000 rows, cp.async (11 splits)
@@ -458,7 +455,6 @@ def shifted16(rt, a):
     return view
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("kind", KINDS)
 def test_16bit_misaligned_arrays_take_the_plain_load_path(kernel_runtime, kind):
     """Every dimension a multiple of 8, but the arrays start 2 bytes off: the cp.async rows would
@@ -472,7 +468,6 @@ def test_16bit_misaligned_arrays_take_the_plain_load_path(kernel_runtime, kind):
     check_forward16(rt.asnumpy(out), x, weight, bias, kind)
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("kind", KINDS)
 def test_16bit_empty_dimensions(kernel_runtime, kind):
     """No rows: out empty, dweight and dbias zeros. IN = 0: out is the bias (rounded: it is T)."""
@@ -485,7 +480,6 @@ def test_16bit_empty_dimensions(kernel_runtime, kind):
     assert_within("dbias", dbias, f64(dout).sum(0), gamma(4) * np.abs(f64(dout)).sum(0))
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("schedule", ["reverse", "random:5"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_16bit_under_other_schedules_with_poison(host_runtime, monkeypatch, kind, schedule):
@@ -507,7 +501,6 @@ def test_16bit_under_other_schedules_with_poison(host_runtime, monkeypatch, kind
                                           b.view(np.uint16) if b.itemsize == 2 else b)
 
 
-@needs_ml_dtypes
 @pytest.mark.parametrize("kind", KINDS)
 def test_16bit_wrapper(kernel_runtime, kind):
     """kernels.linear.Linear takes T arrays (host or device): out and dx come back in T, dweight
@@ -571,3 +564,12 @@ def test_16bit_dtype_mixes_are_named(kernel_runtime):
                                        r"got bfloat16 \(uint16 bits\)"):
         lib.linear_backward(a(np.zeros((4, 8), np.uint16)), dw, a(np.zeros(6, np.uint16)), ws, bits(db),
                             bits(xb), bits(wb), 2, rt.stream())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lead, IN, OUT", [([512], 768, 768), ([2100], 256, 2100), ([300], 257, 1023)])
+def test_16bit_large(kernel_runtime, kind, lead, IN, OUT):
+    """GPT-sized products: tens of k tiles through the pipeline, the 128-tiles with a long K, a
+    split-K dweight over many rows, unaligned rows on long K."""
+    check16(kernel_runtime, lead, IN, OUT, kind, seed=IN)
