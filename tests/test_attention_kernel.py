@@ -511,6 +511,62 @@ def run_low(rt, qkv, dy, H, window, version="flash", shift=False):
     return out
 
 
+def to_storage(a, precision):
+    """float64 values rounded as the kernel rounds an fp32 value to T (a float64 -> float32 step
+    first: the callers widen their intervals by 2^-23 to cover it)."""
+    return np.asarray(a, np.float64).astype(np.float32).astype(LOW[precision]).astype(np.float64)
+
+
+def check_rounding_model(x, v, y_got, precision, tile=64):
+    """The tensor-core forward's roundings, replayed: y = R(sum_j R(p_j) A_j v_j / sum_j p_j A_j)
+    with p_j = exp(s_j - m_t) at the running max m_t after key j's 64-key tile and A_j =
+    exp(m_t - m) the rescalings after it. The fp32 arithmetic moves p_j by at most eps_j
+    (relative), so R(p_j) lies between R(p_j (1 - eps_j)) and R(p_j (1 + eps_j)); carrying these
+    intervals and the fp32 sums' errors through gives an interval for y before its rounding,
+    and R is monotone: the kernel's y must lie in [R(lo), R(hi)]. Where the interval holds one
+    value of T (most elements) the kernel must match it bit for bit, so a rounding the kernel
+    states (P to T) that is missing, or one it does not state (e.g. O stored in T between tiles),
+    fails here even where the worst-case bound above has room for it. Returns that share."""
+    ok, s, E = x["ok"], x["s"], x["E"]
+    T = s.shape[-1]
+    nt = -(-T // tile)
+    pad = np.full(s.shape[:-1] + (nt * tile,), -np.inf)
+    pad[..., :T] = np.where(ok, s, -np.inf)
+    running = np.maximum.accumulate(pad.reshape(s.shape[:-1] + (nt, tile)).max(-1), axis=-1)
+    m_t = np.repeat(running, tile, axis=-1)[..., :T]            # the running max at key j's tile
+    m = x["m"][..., None]
+    Em = E.max(-1, keepdims=True)                               # the fp32 max's own error
+    X = np.where(ok, s - m_t, 0.0)                              # <= 0
+    # p_j's exponent is off by E_j + Em (scores, max) and u32 |X| (the subtraction); __expf
+    eps = np.expm1(E + Em + U32 * (np.abs(X) + E + Em)) + 1.01 * exp_rel(np.abs(X) + E + Em)
+    p = np.where(ok, np.exp(X), 0.0)
+    A = np.where(ok, np.exp(m_t - m), 0.0)
+    widen = 2.0 ** -23
+    r_mid = to_storage(p, precision)
+    r_lo = to_storage(p * (1 - eps) * (1 - widen), precision)
+    r_hi = to_storage(p * (1 + eps) * (1 + widen), precision)
+    # A_j: the product of the rescalings exp(m_old - m_new) of the tiles after key j's: their
+    # exponents telescope to m_t - m (off by 2 Em), each __expf and product rounds on its own
+    later = nt - 1 - np.arange(T) // tile
+    eps_A = np.where(ok, np.expm1(2 * Em + later * (exp_rel(np.abs(np.where(ok, m - m_t, 0.0)) + 2 * Em)
+                                                    + 2 * U32)), 0.0)
+    g = gamma(chain(T))
+    w_hi = r_hi * A * (1 + eps_A)
+    num = (r_mid * A) @ v
+    num_err = (np.maximum(r_hi - r_mid, r_mid - r_lo) * A + r_hi * A * eps_A) @ np.abs(v) + g * (w_hi @ np.abs(v))
+    den = (p * A).sum(-1, keepdims=True)                        # = sum_j exp(s_j - m)
+    den_err = (p * A * (np.expm1(np.log1p(eps) + np.log1p(eps_A)) + g * (1 + eps) * (1 + eps_A))).sum(-1, keepdims=True)
+    y_mid = num / den
+    tau = (num_err + np.abs(y_mid) * den_err) / (den - den_err) + 2 * U32 * (np.abs(y_mid) + 1e-300)
+    lo = to_storage(y_mid - tau - widen * np.abs(y_mid), precision)
+    hi = to_storage(y_mid + tau + widen * np.abs(y_mid), precision)
+    inside = (lo <= y_got) & (y_got <= hi)
+    worst = np.unravel_index(int(np.argmin(inside)), inside.shape)
+    assert inside.all(), (f"y outside the rounding model at {worst}: kernel {y_got[worst]:.8g}, "
+                          f"model [{lo[worst]:.8g}, {hi[worst]:.8g}] around {y_mid[worst]:.8g}")
+    return float(np.mean(lo == hi))
+
+
 def check_low(rt, B, T, H, D, window, precision, version="flash", seed=0, shift=False):
     """Forward (y, lse or probs) and backward (dqkv) against float64 within the derived bounds.
     Returns the largest error / bound ratios."""
@@ -527,6 +583,8 @@ def check_low(rt, B, T, H, D, window, precision, version="flash", seed=0, shift=
         y_bound, lse_bound = forward_bound(x, v, precision, tc, n)
         ratios["y"] = assert_within(y_got, x["y"], y_bound, "y")
         ratios["lse"] = assert_within(saved, x["lse"], lse_bound, "lse")
+        if tc:
+            ratios["pinned"] = check_rounding_model(x, v, y_got, precision)
         # the backward's P from the saved lse: score error, lse's error, exp, the subtraction
         d_lse = np.abs(f64(saved) - x["lse"])[..., None]
         X = np.abs(x["s"] - x["lse"][..., None])
