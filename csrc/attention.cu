@@ -664,9 +664,10 @@ struct Tc {
     static constexpr int ksteps = DP / 16;         // k16 steps over the head dimension
     static constexpr int ntiles = DP / 8;          // n8 tiles of a [16][DP] accumulator
 };
-// Resident blocks per SM the register budget aims at: 4 (128 registers) up to DP = 64, 2 (255)
-// at DP = 128, where the accumulators alone are 64 (forward) and 128 (dK/dV) registers; shared
-// memory allows no more at DP = 128 on sm_80 either (87-106 KiB a block of 164 KiB).
+// Resident blocks per SM the register budget aims at: 4 (128 registers) up to DP = 64 (3, 168
+// registers, for dK/dV at DP = 64: two accumulator sets), 2 (255) at DP = 128, where the
+// accumulators alone are 64 (forward) and 128 (dK/dV) registers and a block's 85-103 KiB of shared
+// memory fit 1 per SM on sm_80 (164 KiB), 2 on sm_90 (227 KiB).
 constexpr int tc_min_blocks(int dp) { return dp <= 64 ? 4 : 2; }
 constexpr int tc_dkdv_min_blocks(int dp) { return dp <= 32 ? 4 : dp <= 64 ? 3 : 2; }
 
