@@ -794,6 +794,8 @@ def test_low_precision_bench_rows(host_runtime):
     records = kernels.run_table(cases[:2], be, lambda fn: calls.append(fn()) or [2.0], {
         "copy_gbps": 1.0, "sgemm_tflops": 1.0}, progress=False)
     assert [r["ms"] for r in records] == [2.0, 2.0] and len(calls) == 2
+    for r in records:   # run_table's own check against the reference, on the 16-bit op
+        assert UNIT_ROUNDOFF["bf16"] / 16 < r["check_rel_err"] < 1e-2
     y = calls[0]
     assert y.dtype == LOW["bf16"] and np.isfinite(f64(y)).all()
     records[0]["torch_ms"], records[1]["torch_ms"] = 1.0, 2.0
