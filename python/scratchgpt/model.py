@@ -303,12 +303,13 @@ class GPT:
             def mlp_branch(v):
                 return lin("mlp.c_proj", be.gelu.forward(lin("mlp.c_fc", v), cfg.gelu)[0])
 
+            add = lambda a, b: be.residual.forward(a, b)[0]   # noqa: E731 (rounds as training does)
             if cfg.ln_placement == "pre":
-                x = x + attn_branch(ln("ln_1", x))
-                x = x + mlp_branch(ln("ln_2", x))
+                x = add(x, attn_branch(ln("ln_1", x)))
+                x = add(x, mlp_branch(ln("ln_2", x)))
             else:
-                x = ln("ln_1", x + attn_branch(x))
-                x = ln("ln_2", x + mlp_branch(x))
+                x = ln("ln_1", add(x, attn_branch(x)))
+                x = ln("ln_2", add(x, mlp_branch(x)))
         if cfg.ln_placement == "pre":
             x = be.layernorm.forward(x, P["ln_f.weight"], P["ln_f.bias"], cfg.ln_eps)[0]
         return be.linear.forward(xp.ascontiguousarray(x[:, -1]), P["wte.weight"])[0]

@@ -27,6 +27,7 @@ class Backend:
     xp: ModuleType                      # array module: numpy or cupy
     ops: dict                           # op name -> module with forward/backward
     fallbacks: list = field(default_factory=list)   # ops running on the reference here
+    widened: list = field(default_factory=list)     # bf16/fp16: ops run in fp32 on widened inputs
 
     def __getattr__(self, op):
         try:

@@ -26,11 +26,10 @@ so no op is written twice. `MixedPrecision` is the one point where a training st
 it: backward with the scaled loss, then the unscale / check / skip / step / refresh.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -101,20 +100,18 @@ def working_copy(params, precision):
 
 
 # ------------------------------------------------------------------------------ backends
-class KernelsMissing(UsageError):
-    """A precision whose kernels the backend does not have (yet)."""
+def native_16bit(op):
+    """True when a compiled op's wrapper takes and returns bf16 / fp16 arrays itself (its class
+    says STORES_16BIT = True)."""
+    return bool(getattr(type(op), "STORES_16BIT", False))
 
 
 def check_supported(backend_name, precision, where=None,
                     expected="--backend numpy, or --precision fp32"):
-    """The one place that says which backends run which precisions. The numpy reference runs
-    all three; the compiled kernels are fp32 until their bf16 / fp16 versions are built.
-    `where` (the flags, for a command's error line) and `expected` complete the message."""
+    """The one place that says which backends run which precisions: every backend runs all
+    three (a compiled op without a 16-bit kernel runs its fp32 kernel on widened inputs, see
+    storage_backend). `where` and `expected` complete a command's error line."""
     check_precision(precision)
-    if precision != "fp32" and backend_name in ("host", "cuda"):
-        raise KernelsMissing(f"precision {precision} on the {backend_name} backend needs the "
-                             f"{precision} kernels (not built yet)", where,
-                             expected if where else None)
 
 
 @dataclass(frozen=True)
@@ -173,10 +170,15 @@ class StorageOp:
     """One reference op with S storage: inputs rounded to S (a no-op for S arrays) and
     widened to fp32, the reference run in fp32, outputs rounded once as ROUNDINGS says."""
 
-    def __init__(self, name, op, precision):
+    def __init__(self, name, op, precision, kernel=False):
         self.name, self.op, self.precision = name, op, precision
         self.S = storage_dtype(precision)
-        self.rules = ROUNDINGS[name]
+        rules = ROUNDINGS[name]
+        if kernel:
+            # an fp32 kernel keeps its own cache (of widened inputs, in its own layout): only
+            # the output and gradient roundings apply
+            rules = replace(rules, saved=(), recompute=False)
+        self.rules = rules
 
     def __getattr__(self, attr):                  # allowed_mask, split_heads, ...
         op = self.__dict__.get("op")
@@ -184,17 +186,21 @@ class StorageOp:
             raise AttributeError(attr)
         return getattr(op, attr)
 
+    @staticmethod
+    def _is_array(a):          # NumPy or device arrays (CuPy, the emulated device)
+        return hasattr(a, "dtype") and hasattr(a, "astype") and hasattr(a, "shape")
+
     def _is_float(self, a):
-        return isinstance(a, np.ndarray) and (a.dtype.kind == "f" or a.dtype == self.S)
+        return self._is_array(a) and (a.dtype.kind == "f" or a.dtype == self.S)
 
     def _store(self, a):
         return a.astype(self.S, copy=False) if self._is_float(a) else a
 
     def _wide(self, a):
-        return widen(a) if isinstance(a, np.ndarray) and a.dtype == self.S else a
+        return widen(a) if self._is_array(a) and a.dtype == self.S else a
 
     def _round(self, out):
-        return out.astype(self.S, copy=False) if isinstance(out, np.ndarray) else out
+        return out.astype(self.S, copy=False) if self._is_array(out) else out
 
     def forward(self, *args, **kwargs):
         floats = [a for a in args if self._is_float(a)]
@@ -239,15 +245,36 @@ class StorageOp:
         return self._round(self.op.decode(*[self._wide(self._store(a)) for a in args], **kwargs))
 
 
+class KernelWideningWarning(UserWarning):
+    """Some compiled ops have no bf16 / fp16 kernel yet: their fp32 kernel runs on widened
+    inputs and their outputs are rounded as ROUNDINGS says (the same numbers, more memory)."""
+
+
 def storage_backend(backend, precision):
-    """The backend whose ops store in S (the backend itself for fp32)."""
+    """The backend whose ops store in S (the backend itself for fp32). The reference ops are
+    wrapped by StorageOp; a compiled op whose kernel stores 16-bit types (native_16bit) is used
+    as it is, since it rounds where ROUNDINGS says (its tests bound each output by those
+    roundings); any other compiled op runs its fp32 kernel through StorageOp too, listed in
+    Backend.widened and in one KernelWideningWarning."""
     check_supported(backend.name, precision)
     if precision == "fp32":
         return backend
     from .ops import Backend
-    ops = {name: StorageOp(name, op, precision) if name in ROUNDINGS else op
-           for name, op in backend.ops.items()}
-    return Backend(backend.name, backend.xp, ops, list(backend.fallbacks))
+    compiled = backend.name in ("host", "cuda")
+    ops, widened = {}, []
+    for name, op in backend.ops.items():
+        if name not in ROUNDINGS or (compiled and native_16bit(op)):
+            ops[name] = op
+        else:
+            ops[name] = StorageOp(name, op, precision, kernel=compiled)
+            if compiled:
+                widened.append(name)
+    if widened:
+        import warnings
+        warnings.warn(f"backend {backend.name!r}: no {precision} kernel yet for "
+                      f"{', '.join(widened)}; their fp32 kernels run on widened inputs",
+                      KernelWideningWarning, stacklevel=3)
+    return Backend(backend.name, backend.xp, ops, list(backend.fallbacks), widened)
 
 
 # ------------------------------------------------------------------------------ loss scaling

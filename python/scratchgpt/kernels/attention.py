@@ -57,6 +57,7 @@ def _check_n_head(n_head):
 
 
 class Attention:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime, version=None):
         self.rt = runtime
         self.version = default_version() if version is None else self._check_version(version)

@@ -35,6 +35,7 @@ def storage_inputs(rt, **arrays):
 
 
 class Embedding:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime):
         self.rt = runtime
 

@@ -13,6 +13,7 @@ from .embedding import storage_inputs
 
 
 class LayerNorm:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime):
         self.rt = runtime
 

@@ -29,6 +29,7 @@ def _like_x(x, **others):
 
 
 class Linear:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime, version=2):
         self.rt = runtime
         self.version = version
