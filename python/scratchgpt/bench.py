@@ -130,6 +130,10 @@ def run_gpu(args, budget, log):
     section["kernels"] = []
     if names != []:
         cases = kernels.model_cases(**kernels.model_dims(cfg, B, T))
+        # the 16-bit tensor-core kernels: the model's linears against cuBLAS (F.linear on the
+        # same bf16 tensors), flash attention against SDPA
+        cases += kernels.linear_low_cases(B, T, cfg.n_embd, cfg.vocab_size)
+        cases += kernels.attention_low_cases(B, T, cfg.n_embd, cfg.n_head)
         if not args.no_sweep and not small:
             cases += kernels.sweep_cases(B=B, T=T)
         cases = kernels.select(cases, names)
@@ -210,6 +214,12 @@ def markdown(report):
             if misses:
                 parts.append("Goals missed (memory-bound ≥ 85% of copy, matmul ≥ 90% of GEMM, "
                              "≥ 1.0x PyTorch):\n" + "\n".join(f"- {m}" for m in misses))
+            low = (kernels.linear_low_summary(records, s["ceilings"])
+                   + kernels.attention_low_summary(records, s["ceilings"]))
+            if low:
+                parts.append("bf16 on tensor cores (linear vs cuBLAS: goal 80%; attention "
+                             "forward + backward vs SDPA: goal 70%):\n"
+                             + "\n".join(f"- {line}" for line in low))
         e = s.get(END_TO_END)
         if e and e.get("reason"):
             parts.append(f"End to end not measured: {e['reason']}")
