@@ -191,7 +191,10 @@ def test_gpu_part_runs_on_the_emulated_device(monkeypatch, tmp_path, capsys):
         assert r["name"] == "attention" and r["skip"] is None and r["ms"] > 0, r
         assert r["check_rel_err"] < 1e-2, r
     e2e = report["end_to_end"]
-    assert e2e["cuda_fallbacks"] == [] and e2e["cuda_ms_per_step"] > 0, e2e
+    assert e2e["cuda_ms_per_step"] > 0 and "cuda_reason" not in e2e, e2e
+    # bf16: the tensor-core kernels and fp32 masters (PyTorch's bf16 autocast needs a GPU)
+    assert e2e["cuda_bf16_ms_per_step"] > 0 and "cuda_bf16_reason" not in e2e, e2e
+    assert e2e["torch_cuda_bf16_reason"] == "torch with CUDA is not available"
     assert sorted(p.rsplit(".", 1)[-1] for p in report["files"]) == ["json", "md", "png"]
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in report["files"])
 

@@ -220,45 +220,56 @@ def _timed_steps(step, data, warmup, sync):
 
 
 def gpu_end_to_end(cp, cfg, batch, seq, ceilings, torch=None, steps=5, warmup=2, compile=True,
-                   budget=None, seed=0):
+                   budget=None, seed=0, precisions=("fp32", "bf16")):
     """One training step (forward + backward + clipped AdamW) of our model on `cuda`, the
     PyTorch model eager (fused AdamW) and torch.compile'd: ms/step, tokens/s and the model
-    FLOPs utilisation against the measured SGEMM rate (fp32 everywhere)."""
+    FLOPs utilisation, in fp32 (against the measured SGEMM rate) and in bf16 (ours: bf16
+    storage on the tensor-core kernels, fp32 masters; PyTorch: bf16 autocast, fp32 weights;
+    against the measured bf16 GEMM rate). bf16 keys end in `_bf16`."""
     from ..model import GPT, init_params
     from ..optim import AdamW
-    from .cpu import ADAMW, MAX_GRAD_NORM, numpy_step, torch_step
+    from .cpu import ADAMW, numpy_step, torch_step
 
     tokens = batch * seq
     flops_per_token = cfg.flops_per_token()
     out = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size, "batch": batch, "seq": seq,
-           "dtype": "float32", "flops_per_token": flops_per_token}
+           "dtype": "float32", "flops_per_token": flops_per_token, "precisions": list(precisions)}
+    peak = {"fp32": ceilings.get("sgemm_tflops"), "bf16": ceilings.get("bf16_gemm_tflops")}
 
-    def rates(prefix, ms):
+    def rates(prefix, precision, ms):
         out[f"{prefix}_ms_per_step"] = ms
         out[f"{prefix}_tokens_per_s"] = tokens / (ms * 1e-3)
-        out[f"{prefix}_mfu"] = flops_per_token * tokens / (ms * 1e-3) / (ceilings["sgemm_tflops"] * 1e12)
+        if peak[precision]:
+            out[f"{prefix}_mfu"] = flops_per_token * tokens / (ms * 1e-3) / (peak[precision] * 1e12)
 
     data = [(randint(cp, 0, cfg.vocab_size, (batch, seq), seed + 2 * i),
              randint(cp, 0, cfg.vocab_size, (batch, seq), seed + 2 * i + 1)) for i in range(warmup + steps)]
     sync = cp.cuda.Device().synchronize
-    try:
-        from ..ops import get_backend
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            missing = get_backend("cuda").fallbacks
-        if missing:       # those ops would run on the host reference: not a GPU number
-            raise RuntimeError(f"no cuda kernel yet for {', '.join(missing)} (they would run on "
-                               "the host reference)")
-        model = GPT(cfg, backend="cuda", dtype="float32", seed=seed)
-        opt = AdamW(model.params, model.be, **ADAMW)
-        out["cuda_fallbacks"] = list(model.be.fallbacks)
-        rates("cuda", _timed_steps(numpy_step(model, opt), data, warmup, sync))
-        del model, opt
-    except Exception as e:              # no cuda backend yet, or a kernel failed: say which
-        out["cuda_reason"] = f"{type(e).__name__}: {e}"
-    cp.get_default_memory_pool().free_all_blocks()
+    for precision in precisions:
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        try:
+            from ..ops import get_backend
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                backend = get_backend("cuda", precision)
+            if backend.fallbacks:    # those ops would run on the host reference: not a GPU number
+                raise RuntimeError(f"no cuda kernel yet for {', '.join(backend.fallbacks)} (they "
+                                   "would run on the host reference)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = GPT(cfg, backend="cuda", dtype="float32", seed=seed, precision=precision)
+            opt = AdamW(model.params, model.be, **ADAMW)
+            out[f"cuda{suffix}_widened"] = list(model.be.widened)
+            rates(f"cuda{suffix}", precision, _timed_steps(numpy_step(model, opt), data, warmup, sync))
+            del model, opt
+        except Exception as e:          # no cuda backend yet, or a kernel failed: say which
+            out[f"cuda{suffix}_reason"] = f"{type(e).__name__}: {e}"
+        cp.get_default_memory_pool().free_all_blocks()
     if torch is None:
-        out["torch_cuda_reason"] = out["torch_compile_reason"] = "torch with CUDA is not available"
+        for precision in precisions:
+            suffix = "" if precision == "fp32" else f"_{precision}"
+            out[f"torch_cuda{suffix}_reason"] = out[f"torch_compile{suffix}_reason"] = \
+                "torch with CUDA is not available"
         return out
     # the PyTorch model starts from the same weights as ours
     params = {k: v.astype(np.float32) for k, v in init_params(cfg, seed).items()}
@@ -266,31 +277,40 @@ def gpu_end_to_end(cp, cfg, batch, seq, ceilings, torch=None, steps=5, warmup=2,
     from .torch_gpt import TorchGPT, make_adamw
     tdata = [(torch.from_dlpack(x), torch.from_dlpack(y)) for x, y in data]
     tsync = torch.cuda.synchronize
-    for name, compiled in (("torch_cuda", False), ("torch_compile", True)):
-        if compiled and not compile:
-            out[f"{name}_reason"] = "skipped (--no-compile)"
-            continue
-        if compiled and budget is not None and budget.spent(150.0):
-            out[f"{name}_reason"] = "skipped: too little of the time budget left to compile"
-            continue
-        try:
-            tmodel = TorchGPT(cfg).cuda().load_numpy(params)
-            topt = make_adamw(tmodel, fused=True, **ADAMW)
-            fwd = torch.compile(tmodel) if compiled else tmodel
-            t0 = time.perf_counter()
-            step = torch_step(torch, fwd, topt)
-            if compiled:        # the first calls compile: keep that out of the timing, report it
-                for x, y in tdata[:warmup]:
-                    step(x, y)
-                tsync()
-                out["torch_compile_s"] = time.perf_counter() - t0
-            rates(name, _timed_steps(step, tdata, warmup, tsync))
-            del tmodel, topt, fwd
-        except Exception as e:
-            out[f"{name}_reason"] = f"{type(e).__name__}: {e}"
-        torch.cuda.empty_cache()
-    if out.get("cuda_ms_per_step") and out.get("torch_cuda_ms_per_step"):
-        out["cuda_vs_torch"] = out["torch_cuda_ms_per_step"] / out["cuda_ms_per_step"]
-    if out.get("cuda_ms_per_step") and out.get("torch_compile_ms_per_step"):
-        out["cuda_vs_torch_compile"] = out["torch_compile_ms_per_step"] / out["cuda_ms_per_step"]
+    for precision in precisions:
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        for name, compiled in ((f"torch_cuda{suffix}", False), (f"torch_compile{suffix}", True)):
+            if compiled and not compile:
+                out[f"{name}_reason"] = "skipped (--no-compile)"
+                continue
+            if compiled and budget is not None and budget.spent(150.0):
+                out[f"{name}_reason"] = "skipped: too little of the time budget left to compile"
+                continue
+            try:
+                tmodel = TorchGPT(cfg).cuda().load_numpy(params)
+                topt = make_adamw(tmodel, fused=True, **ADAMW)
+                fwd = torch.compile(tmodel) if compiled else tmodel
+                t0 = time.perf_counter()
+                step = torch_step(torch, fwd, topt)
+                if precision == "bf16":     # autocast: bf16 matmuls and attention, fp32 weights
+                    plain = step
+
+                    def step(x, y, plain=plain):
+                        with torch.autocast("cuda", dtype=torch.bfloat16):
+                            return plain(x, y)
+                if compiled:    # the first calls compile: keep that out of the timing, report it
+                    for x, y in tdata[:warmup]:
+                        step(x, y)
+                    tsync()
+                    out[f"{name}_s"] = time.perf_counter() - t0
+                rates(name, precision, _timed_steps(step, tdata, warmup, tsync))
+                del tmodel, topt, fwd
+            except Exception as e:
+                out[f"{name}_reason"] = f"{type(e).__name__}: {e}"
+            torch.cuda.empty_cache()
+        ours = out.get(f"cuda{suffix}_ms_per_step")
+        for other in ("torch", "torch_compile"):
+            theirs = out.get(f"{'torch_cuda' if other == 'torch' else other}{suffix}_ms_per_step")
+            if ours and theirs:
+                out[f"cuda_vs_{other}{suffix}"] = theirs / ours
     return out

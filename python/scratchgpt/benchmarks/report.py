@@ -65,7 +65,10 @@ def end_to_end_table(e, rows, title):
 
 CPU_E2E_ROWS = (("scratchgpt numpy", "numpy"), ("PyTorch CPU eager", "torch"))
 GPU_E2E_ROWS = (("scratchgpt cuda", "cuda"), ("PyTorch eager (fused AdamW)", "torch_cuda"),
-                ("PyTorch torch.compile", "torch_compile"))
+                ("PyTorch torch.compile", "torch_compile"),
+                ("scratchgpt cuda, bf16", "cuda_bf16"),
+                ("PyTorch eager, bf16 autocast", "torch_cuda_bf16"),
+                ("PyTorch torch.compile, bf16 autocast", "torch_compile_bf16"))
 
 
 # -------------------------------------------------------------------------------- figure
