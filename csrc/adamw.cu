@@ -4,9 +4,15 @@
 //   m <- b1 m + (1 - b1) g          v <- b2 v + (1 - b2) g^2
 //   p <- p (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),   bck = 1 - bk^step
 //
+// Storage: param, grad, m and v are float32 whatever the model stores (the fp32 masters, their
+// fp32 gradients and moments; DESIGN.md, "Precision"). Optionally the update also writes lowp,
+// the working copy the next forward reads: lowp = R(p_new), the updated float32 parameter rounded
+// once to L = __nv_bfloat16 or __half (a fused cast: no second pass over the parameters).
+//
 // Update: one pass over param, grad, m, v (16 bytes read and 12 written per element, nothing
-// else); a thread owns a group of 4 elements moved as float4 when all four arrays are 16-byte
-// aligned (the ragged last group element by element), a grid-stride loop covers any size. The
+// else; + 2 written with lowp); a thread owns a group of 4 elements moved as float4 when all four
+// float arrays are 16-byte aligned (and lowp 8-byte aligned: its 4 values go out as one 8-byte
+// store), the ragged last group element by element; a grid-stride loop covers any size. The
 // scalars (1 - lr wd, lr / bc1, sqrt(bc2)) are computed once on the host in float64.
 //
 // Global norm, a deterministic two-stage reduction over a list of tensors:
@@ -21,6 +27,7 @@
 
 #include "core/kernel.h"
 #include "csrc/disjoint.h"
+#include "csrc/elementwise.h"
 #include "csrc/launchers.h"
 
 namespace scratch::kernels {
@@ -42,10 +49,21 @@ __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float
     p = p * k.decay - k.step_size * m / (sqrtf(v) / k.sqrt_bc2 + k.eps);
 }
 
-template <bool kVec4>
+// L: the working copy's storage type (__nv_bfloat16, __half), or NoCopy when none is written.
+struct NoCopy {};
+
+// Four floats rounded to L (once each) in one 8-byte store at p (8-byte aligned).
+template <typename L>
+__device__ __forceinline__ void store_lowp4(L* p, float4 a) {
+    SCRATCH_DEVICE_CHECK(is_aligned(p, 8), "misaligned 8-byte store (needs 8-byte alignment)");
+    *reinterpret_cast<int2*>(p) = make_int2(int(pack2<L>(a.x, a.y)), int(pack2<L>(a.z, a.w)));
+}
+
+template <typename L, bool kVec4>
 __global__ void __launch_bounds__(kThreads)
 adamw_update_kernel(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
-                    float* __restrict__ v, int64_t n, AdamWScalars k) {
+                    float* __restrict__ v, L* __restrict__ lowp, int64_t n, AdamWScalars k) {
+    constexpr bool kCopy = is_16bit_float<L>;
     const int64_t groups = (n + 3) / 4;
     const int64_t stride = int64_t(gridDim.x) * kThreads;
     for (int64_t gi = int64_t(blockIdx.x) * kThreads + threadIdx.x; gi < groups; gi += stride) {
@@ -60,8 +78,14 @@ adamw_update_kernel(float* __restrict__ param, const float* __restrict__ grad, f
             store_float4(param + e, p4);
             store_float4(m + e, m4);
             store_float4(v + e, v4);
+            if constexpr (kCopy) store_lowp4(lowp + e, p4);
         } else {
-            for (int64_t i = e; i < e + 4 && i < n; ++i) adamw_element(param[i], grad[i], m[i], v[i], k);
+            for (int64_t i = e; i < e + 4 && i < n; ++i) {
+                float p = param[i], mi = m[i], vi = v[i];
+                adamw_element(p, grad[i], mi, vi, k);
+                param[i] = p, m[i] = mi, v[i] = vi;
+                if constexpr (kCopy) lowp[i] = from_float<L>(p);
+            }
         }
     }
 }
@@ -124,7 +148,7 @@ bool all_aligned(std::initializer_list<const Tensor*> ts) {
 }  // namespace
 
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  int64_t step, double lr, double beta1, double beta2, double eps,
+                  const Tensor* lowp, int64_t step, double lr, double beta1, double beta2, double eps,
                   double weight_decay, Stream stream) {
     expect_output(param, DType::F32);
     expect_input(grad, DType::F32);
@@ -137,6 +161,15 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
     expect_disjoint(param, {&grad, &m, &v});
     expect_disjoint(m, {&grad, &v});
     expect_disjoint(v, {&grad});
+    if (lowp) {
+        if (lowp->dtype != DType::U16 && lowp->dtype != DType::F16)
+            throw TypeError(str(lowp->name, ": expected bfloat16 (uint16 bits) or float16 (the working copy "
+                                "of param), got ", dtype_name(lowp->dtype)));
+        expect_output(*lowp, lowp->dtype);
+        expect_same_shape(*lowp, param);
+        expect_same_device({&param, lowp});
+        expect_disjoint(*lowp, {&param, &grad, &m, &v});
+    }
     if (step < 1) throw ValueError(str("step: expected an integer >= 1, got ", step));
     for (auto [name, value] : {std::pair{"beta1", beta1}, std::pair{"beta2", beta2}})
         if (!(value >= 0.0 && value < 1.0))
@@ -154,14 +187,20 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
                          float(1.0 - lr * weight_decay), float(lr / bc1), float(std::sqrt(bc2)),
                          float(eps)};
     auto s = static_cast<cudaStream_t>(stream);
-    if (all_aligned({&param, &grad, &m, &v}))
-        launch("adamw_update_kernel<vec4>", adamw_update_kernel<true>, dim3(elementwise_grid(n)),
-               dim3(kThreads), 0, s, param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(),
-               v.ptr<float>(), n, k);
-    else
-        launch("adamw_update_kernel<scalar>", adamw_update_kernel<false>, dim3(elementwise_grid(n)),
-               dim3(kThreads), 0, s, param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(),
-               v.ptr<float>(), n, k);
+    const dim3 grid(elementwise_grid(n)), block(kThreads);
+    const bool vec = all_aligned({&param, &grad, &m, &v}) && (!lowp || is_aligned(lowp->data, 8));
+    auto run = [&](auto* copy) {
+        using L = std::remove_pointer_t<decltype(copy)>;
+        if (vec)
+            launch("adamw_update_kernel<vec4>", adamw_update_kernel<L, true>, grid, block, 0, s,
+                   param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(), copy, n, k);
+        else
+            launch("adamw_update_kernel<scalar>", adamw_update_kernel<L, false>, grid, block, 0, s,
+                   param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(), copy, n, k);
+    };
+    if (!lowp) run(static_cast<NoCopy*>(nullptr));
+    else if (lowp->dtype == DType::U16) run(lowp->ptr<__nv_bfloat16>());
+    else run(lowp->ptr<__half>());
 }
 
 int64_t global_norm_blocks(int64_t n) {

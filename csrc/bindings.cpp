@@ -448,15 +448,17 @@ PYBIND11_MODULE(_host, m) {
     // ---------------------------------------------------------------------------- adamw.cu
     m.def("adamw_update",
           [](py::object param, py::object grad, py::object m_, py::object v, int64_t step, double lr,
-             double beta1, double beta2, double eps, double weight_decay, uintptr_t stream) {
+             double beta1, double beta2, double eps, double weight_decay, py::object lowp,
+             uintptr_t stream) {
               Tensor t_p = as_tensor(param, "param"), t_g = as_tensor(grad, "grad"),
-                     t_m = as_tensor(m_, "m"), t_v = as_tensor(v, "v");
+                     t_m = as_tensor(m_, "m"), t_v = as_tensor(v, "v"), t_low;
+              if (!lowp.is_none()) t_low = as_tensor(lowp, "lowp");
               py::gil_scoped_release nogil;
-              k::adamw_update(t_p, t_g, t_m, t_v, step, lr, beta1, beta2, eps, weight_decay,
-                              as_stream(stream));
+              k::adamw_update(t_p, t_g, t_m, t_v, lowp.is_none() ? nullptr : &t_low, step, lr, beta1,
+                              beta2, eps, weight_decay, as_stream(stream));
           },
           "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a, "beta1"_a, "beta2"_a, "eps"_a,
-          "weight_decay"_a, "stream"_a = 0);
+          "weight_decay"_a, "lowp"_a = py::none(), "stream"_a = 0);
     m.def("global_norm_blocks", &k::global_norm_blocks, "n"_a);
     m.def("global_norm_partials",
           [](py::object partials, py::object x, uintptr_t stream) {

@@ -94,9 +94,11 @@ void dropout_philox_blocks(const Tensor& words, uint64_t seed, uint64_t stream_i
                            Stream stream);
 
 // -------------------------------------------------------------------------------- adamw.cu
-// One AdamW step on one tensor, in place (param, m, v).
+// One AdamW step on one tensor, in place (param, m, v: float32, as grad). lowp (may be null):
+// bfloat16 (uint16 bits) or float16 [param's shape] receives the updated param rounded once to
+// its type (the working copy the next forward reads).
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                  int64_t step, double lr, double beta1, double beta2, double eps,
+                  const Tensor* lowp, int64_t step, double lr, double beta1, double beta2, double eps,
                   double weight_decay, Stream stream);
 // Global norm: per tensor global_norm_partials into its global_norm_blocks(size) float64 slots
 // of a workspace, then global_norm_finish over the whole workspace -> norm [1] (float64).

@@ -1,11 +1,14 @@
 """csrc/adamw.cu against reference/adamw.py (float64), on the host executor always and, marked
 `cuda`, on the GPU: the update, the global gradient norm (bit-identical run to run) and clipping.
+Mixed precision: the update's optional bf16 / fp16 output, the working copy R(p_new), bit for bit
+the float32 result rounded once, within the derived bound of the float64 update.
 """
 import numpy as np
 import pytest
 from kernelutil import given, st   # hypothesis, or a skip where it is not installed
 
 from kernelutil import assert_sum_close, f64, poisoned, rel_err, shifted
+from kernelutil import STORAGE_TYPES, assert_within, device_shifted, gamma
 from scratchgpt.reference import adamw as ref
 
 SIZES = [1, 3, 4, 5, 31, 1000, 1027, 40000]
@@ -156,3 +159,91 @@ def test_arguments_are_checked_by_name(host_runtime):
         lib.global_norm_partials(np.zeros(2, np.float64), grad)
     with pytest.raises(TypeError, match=r"^norm: expected float64, got float32"):
         lib.global_norm_finish(np.zeros(1, np.float32), np.zeros(3, np.float64))
+
+
+# ------------------------------------------------------------ the bf16 / fp16 working copy (lowp)
+KINDS = ["bf16", "fp16"]
+
+
+def update_e32(state, step, lr, weight_decay, betas, eps):
+    """float64 p_new and the bound of the kernel's float32 arithmetic on it (u = 2^-24):
+    m = b1 m0 + (1 - b1) g (the constants and 3 roundings: gamma(5) of its terms' magnitudes,
+    which may cancel), v likewise but positive (gamma(5) v), D = sqrt(v) / sqrt(bc2) + eps
+    (gamma(8) relative), step = (lr / bc1) m / D (3 more), p_new = p (1 - lr wd) - step:
+        e <= gamma(3) |p (1 - lr wd)| + gamma(12) |step| + (lr / bc1) gamma(5) m_terms / D."""
+    p0, g0, m0, v0 = (f64(a) for a in state)
+    b1, b2 = betas
+    m = b1 * m0 + (1 - b1) * g0
+    v = b2 * v0 + (1 - b2) * g0 * g0
+    bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+    D = np.sqrt(v) / np.sqrt(bc2) + eps
+    upd = (lr / bc1) * m / D
+    decayed = p0 * (1 - lr * weight_decay)
+    e32 = (gamma(3) * np.abs(decayed) + gamma(12) * np.abs(upd)
+           + (lr / bc1) * gamma(5) * (b1 * np.abs(m0) + (1 - b1) * np.abs(g0)) / D)
+    return decayed - upd, e32
+
+
+def check_lowp(rt, state, kind, step=3, lr=0.1, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
+               place=None, lowp_place=None):
+    """The same update with and without lowp: param, m, v identical bits; lowp exactly param_new
+    rounded to T (one rounding of the float32 result), within u_T |p_new| + e32 + floor_T of the
+    float64 update."""
+    place, lowp_place = place or rt.asarray, lowp_place or rt.asarray
+    T = STORAGE_TYPES[kind]
+    plain = [rt.asarray(a.copy()) for a in state]
+    op_for(rt).update(*plain, step, lr, betas[0], betas[1], eps, weight_decay)
+    fused = [place(a.copy()) for a in state]
+    lowp = lowp_place(np.full(state[0].shape, np.nan, T))
+    op_for(rt).update(*fused, step, lr, betas[0], betas[1], eps, weight_decay, lowp=lowp)
+    for name, a, b in zip(("param", "grad", "m", "v"), plain, fused):
+        np.testing.assert_array_equal(rt.asnumpy(a), rt.asnumpy(b), err_msg=name)
+    got = rt.asnumpy(lowp)
+    assert got.dtype == T
+    np.testing.assert_array_equal(got.view(np.uint16), rt.asnumpy(fused[0]).astype(T).view(np.uint16))
+    exact, e32 = update_e32(state, step, lr, weight_decay, betas, eps)
+    assert_within(got, exact, e32, kind, "lowp", dtype=T)
+    assert_within(rt.asnumpy(fused[0]), exact, e32, "fp32", "param", dtype=np.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_lowp_copy_is_the_update_rounded_once(kernel_runtime, kind, size):
+    check_lowp(kernel_runtime, make_state((size,), size), kind)
+
+
+@given(size=st.sampled_from(SIZES), step=st.sampled_from([1, 2, 10, 1000]), kind=st.sampled_from(KINDS),
+       weight_decay=st.sampled_from([0.0, 0.1]), seed=st.integers(0, 2**16))
+def test_lowp_matches_exact(kernel_runtime, size, step, kind, weight_decay, seed):
+    check_lowp(kernel_runtime, make_state((size,), seed), kind, step=step, weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lowp_misaligned_takes_the_scalar_path(kernel_runtime, kind):
+    """The float32 arrays, or only the copy, off their 16- / 8-byte boundaries; a 2-D parameter;
+    large parameters (|p| up to ~1000) moved by small steps, where the copy's rounding dominates."""
+    rt = kernel_runtime
+    state = make_state((7, 13), 4)
+    check_lowp(rt, state, kind, place=lambda a: device_shifted(rt, a))
+    check_lowp(rt, state, kind, lowp_place=lambda a: device_shifted(rt, a))
+    big = [a * s for a, s in zip(make_state((64, 48), 5), (300.0, 1.0, 1.0, 1.0))]
+    check_lowp(rt, big, kind, lr=1e-3)
+
+
+def test_lowp_is_checked_by_name(host_runtime):
+    rt, lib = host_runtime, host_runtime.lib
+    op = op_for(rt)
+    param, grad, m, v = make_state((6,), 0)
+    with pytest.raises(TypeError, match=r"^lowp: expected bfloat16 \(uint16 bits\) or float16 \(the working "
+                                        r"copy of param\), got float32"):
+        op.update(param, grad, m, v, 1, 0.1, lowp=np.zeros(6, np.float32))
+    with pytest.raises(TypeError, match=r"^lowp: expected float32, bfloat16 or float16 values, got int32"):
+        op.update(param, grad, m, v, 1, 0.1, lowp=np.zeros(6, np.int32))
+    with pytest.raises(ValueError, match=r"^lowp: expected the shape of param \(6,\), got \(5,\)"):
+        op.update(param, grad, m, v, 1, 0.1, lowp=np.zeros(5, np.float16))
+    with pytest.raises(ValueError, match=r"^lowp: shares memory with param"):
+        lib.adamw_update(param, grad, m, v, 1, 0.1, 0.9, 0.95, 1e-8, 0.0, lowp=param.view(np.uint16)[:6])
+    readonly = np.zeros(6, np.float16)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^lowp: the output array is read-only"):
+        op.update(param, grad, m, v, 1, 0.1, lowp=readonly)

@@ -1,23 +1,33 @@
 """adamw on the compiled kernels (csrc/adamw.cu): reference.adamw's interface.
 
-update(param, grad, m, v, step, lr, ...) in place; global_norm(grads) -> float, a deterministic
-two-stage reduction (the same bits run to run); clip_by_global_norm(grads, max_norm) -> the norm
-before clipping, scaling the gradients in place when it exceeds max_norm.
+update(param, grad, m, v, step, lr, ..., lowp=None) in place; global_norm(grads) -> float, a
+deterministic two-stage reduction (the same bits run to run); clip_by_global_norm(grads, max_norm)
+-> the norm before clipping, scaling the gradients in place when it exceeds max_norm.
+
+Storage: param, grad, m and v are float32 (the masters, their gradients and moments) whatever the
+model stores. lowp (optional) is a bfloat16 (ml_dtypes) or float16 array of param's shape: the
+update also writes the new param rounded once to lowp's type into it (the working copy the next
+forward reads, e.g. model.params_lp[name]), fused into the same pass; None writes nothing.
 """
 import numpy as np
+
+from .embedding import storage_inputs
 
 
 class AdamW:
     def __init__(self, runtime):
         self.rt = runtime
 
-    def update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0):
+    def update(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0,
+               lowp=None):
         rt = self.rt
         param, grad, m, v = rt.inputs(param=param, grad=grad, m=m, v=v)
+        if lowp is not None:
+            (lowp,) = storage_inputs(rt, lowp=lowp)
         if int(step) != step:
             raise ValueError(f"step: expected an integer >= 1, got {step}")
         rt.lib.adamw_update(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2),
-                            float(eps), float(weight_decay), rt.stream())
+                            float(eps), float(weight_decay), lowp=rt.bits(lowp), stream=rt.stream())
 
     def global_norm(self, grads):
         rt = self.rt
