@@ -9,6 +9,7 @@ from .embedding import storage_inputs
 
 
 class Gelu:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime):
         self.rt = runtime
 

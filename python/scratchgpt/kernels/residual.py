@@ -11,6 +11,7 @@ from .embedding import storage_inputs
 
 
 class Residual:
+    STORES_16BIT = True     # takes and returns bf16 / fp16 arrays (precision.storage_backend)
     def __init__(self, runtime):
         self.rt = runtime
 
