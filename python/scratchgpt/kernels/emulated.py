@@ -69,7 +69,9 @@ class MemoryPool:
     MemoryPool (nothing is cached here, so used == total); peak_bytes/reset_peak are ours."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        # reentrant: a garbage collection inside _take may run an array's finalizer, which
+        # gives its bytes back (_give) on the same thread
+        self._lock = threading.RLock()
         self._used = 0
         self._peak = 0
 
@@ -93,8 +95,9 @@ class MemoryPool:
             self._peak = self._used
 
     def _take(self, n):
+        limit = device_memory_bytes()
         with self._lock:
-            if self._used + n > device_memory_bytes():
+            if self._used + n > limit:
                 raise OutOfMemoryError(n, self._used)
             self._used += n
             self._peak = builtins.max(self._peak, self._used)
