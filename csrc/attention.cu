@@ -693,6 +693,15 @@ __device__ __forceinline__ void tc_load_tile(T* __restrict__ dst, const T* __res
     }
 }
 
+// The K and V tiles of keys k0 .. k0+63 into one stage of the double buffer: K at kv, V one tile
+// after it (qkv's K and V columns start C and 2C after `base`). The caller commits the group.
+template <typename T, int DP>
+__device__ __forceinline__ void tc_load_kv(T* __restrict__ kv, const T* __restrict__ base, int C,
+                                           size_t row_stride, int k0, const Shape& s) {
+    tc_load_tile<T, DP>(kv, base + C, row_stride, k0, s);
+    tc_load_tile<T, DP>(kv + Tc<DP>::tile, base + 2 * C, row_stride, k0, s);
+}
+
 // Fragments from a shared tile (core/mma.h spells out the layouts):
 // A (16 x 16): rows row0 .. row0+15, columns 16 kk .. 16 kk + 15.
 template <int DP, typename T>
@@ -765,8 +774,7 @@ flash_forward_tc_kernel(T* __restrict__ y, float* __restrict__ lse, const T* __r
     const int k_first = max(0, q0 - s.w + 1) / kTcTile * kTcTile;
 
     tc_load_tile<T, DP>(q_sh, base, rs, q0, s);
-    tc_load_tile<T, DP>(kv_sh, base + C, rs, k_first, s);
-    tc_load_tile<T, DP>(kv_sh + L::tile, base + 2 * C, rs, k_first, s);
+    tc_load_kv<T, DP>(kv_sh, base, C, rs, k_first, s);
     cp_async_commit();
 
     uint32_t qf[L::ksteps][4] = {};   // the warp's 16 query rows as A fragments, loaded once
@@ -781,9 +789,7 @@ flash_forward_tc_kernel(T* __restrict__ y, float* __restrict__ lse, const T* __r
         // done with the other stage (the previous tile), which the prefetch below overwrites.
         __syncthreads();
         if (k0 + kTcTile <= q_last) {   // the next K, V tile streams in while this one is used
-            T* next = kv_sh + (stage ^ 1) * 2 * L::tile;
-            tc_load_tile<T, DP>(next, base + C, rs, k0 + kTcTile, s);
-            tc_load_tile<T, DP>(next + L::tile, base + 2 * C, rs, k0 + kTcTile, s);
+            tc_load_kv<T, DP>(kv_sh + (stage ^ 1) * 2 * L::tile, base, C, rs, k0 + kTcTile, s);
             cp_async_commit();
         }
         const T* k_sh = kv_sh + stage * 2 * L::tile;
@@ -925,8 +931,7 @@ flash_backward_dkdv_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, co
             stats[kTcTile + threadIdx.x] = t < seq ? di_b[t] : 0.0f;
         }
     };
-    tc_load_tile<T, DP>(k_sh, base + C, rs, k0, s);
-    tc_load_tile<T, DP>(v_sh, base + 2 * C, rs, k0, s);
+    tc_load_kv<T, DP>(k_sh, base, C, rs, k0, s);   // v_sh follows k_sh
     load_queries(0, k0);
     cp_async_commit();
 
@@ -1028,8 +1033,7 @@ flash_backward_dq_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, cons
 
     tc_load_tile<T, DP>(q_sh, base, rs, q0, s);
     tc_load_tile<T, DP>(g_sh, dy + size_t(b) * seq * C + size_t(h) * D, C, q0, s);
-    tc_load_tile<T, DP>(kv_sh, base + C, rs, k_first, s);
-    tc_load_tile<T, DP>(kv_sh + L::tile, base + 2 * C, rs, k_first, s);
+    tc_load_kv<T, DP>(kv_sh, base, C, rs, k_first, s);
     cp_async_commit();
 
     float lse_r[2], di_r[2];   // rows g, g+8
@@ -1048,9 +1052,7 @@ flash_backward_dq_tc_kernel(T* __restrict__ dqkv, const T* __restrict__ dy, cons
         cp_async_wait<0>();
         __syncthreads();   // this tile visible to all; the other stage free to refill
         if (k0 + kTcTile <= q_last) {
-            T* next = kv_sh + (stage ^ 1) * 2 * L::tile;
-            tc_load_tile<T, DP>(next, base + C, rs, k0 + kTcTile, s);
-            tc_load_tile<T, DP>(next + L::tile, base + 2 * C, rs, k0 + kTcTile, s);
+            tc_load_kv<T, DP>(kv_sh + (stage ^ 1) * 2 * L::tile, base, C, rs, k0 + kTcTile, s);
             cp_async_commit();
         }
         const T* k_sh = kv_sh + stage * 2 * L::tile;
