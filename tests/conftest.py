@@ -42,3 +42,13 @@ def kernel_runtime(request):
 @pytest.fixture(scope="session")
 def host_runtime():
     return _kernel_runtime("host")
+
+
+# --------------------------------------------------------------------------- training text
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """tests/corpus.py's TEXT as a file: the data of the tiny training runs."""
+    from corpus import TEXT
+    path = tmp_path_factory.mktemp("text") / "input.txt"
+    path.write_text(TEXT)
+    return str(path)

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from corpus import TEXT
 from safetensors.numpy import load_file
 
 from scratchgpt.checkpoint import list_checkpoints, load_model, load_optimizer, save_checkpoint
@@ -27,7 +28,6 @@ from scratchgpt.optim import AdamW
 from scratchgpt.tokenizer import CharTokenizer
 from scratchgpt.train import parse_args, train
 
-TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
 ERROR_LINE = re.compile(r"^scratchgpt (\w+): error: (.+) \((.+)\)$")
 LAUNCH = "import sys; from scratchgpt.cli import main; sys.exit(main())"
 # no warnings; one BLAS thread (tiny matmuls otherwise spin waiting for a busy core)

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from corpus import TEXT
 
 
 @pytest.fixture
@@ -193,7 +194,6 @@ def test_model_takes_numpy_ids_on_the_device(xp):
                                   host.generate(idx[:, :4], 6, temperature=0))
 
 
-TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
 
 
 def _cli(*args, cwd):

@@ -758,14 +758,6 @@ def test_unscaling_gives_the_gradients_of_the_unscaled_loss():
 
 
 # ------------------------------------------------------------------------------ training
-TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "input.txt"
-    path.write_text(TEXT)
-    return str(path)
 
 
 def nano_args(text_file, out, *extra):

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from corpus import TEXT
 from safetensors.numpy import load_file
 
 import scratchgpt.checkpoint as checkpoint
@@ -16,16 +17,6 @@ from scratchgpt.config import PRESETS
 from scratchgpt.errors import NotEnoughMemory
 from scratchgpt.train import (SMALL_PRESET_BPE_VOCAB, TrainingDiverged, build_config, lr_at,
                               parse_args, resolve_backend, tokenizer_vocab_size, train)
-
-# 17 distinct characters: the char tokenizer and the model get a 17-token vocabulary
-TEXT = "".join(f"the {w} sat on a mat. " for w in ("cat", "dog", "bird", "frog")) * 60
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "input.txt"
-    path.write_text(TEXT)
-    return str(path)
 
 
 def nano_args(text_file, out, *extra):
