@@ -63,7 +63,7 @@ def softmax(s, out=None):
 
 
 def forward(qkv, n_head, window=None):
-    """qkv [B, T, 3C] -> y [B, T, C], cache (q, k, v, P, window)."""
+    """qkv [B, T, 3C] -> y [B, T, C], cache (q, k, v, P, scale = 1/sqrt(D))."""
     _check(qkv, n_head, window)
     q, k, v = split_heads(qkv, n_head)
     T, D = q.shape[2], q.shape[3]
