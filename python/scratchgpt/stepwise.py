@@ -105,8 +105,9 @@ def _copy(value):
 class Recorder:
     """Context manager: while active, records the marked steps of `module`'s forward/backward.
 
-    `values` maps marker -> the value of its last execution (a copy); `order` lists the markers
-    in the order they ran. A statement that raises records nothing."""
+    `values` maps marker -> the value of its last execution (a copy); `history` lists every
+    execution as (marker, value), in order (a model calls an op once per layer). A statement
+    that raises records nothing."""
 
     def __init__(self, module, source=None, functions=("forward", "backward")):
         import inspect
@@ -116,12 +117,12 @@ class Recorder:
         self.by_line = {}
         for s in self.steps.values():
             self.by_line[(s.function, s.first_line)] = s
-        self.values, self.order = {}, []
+        self.values, self.history = {}, []
         self._pending = {}
 
     def _record(self, step, value):
-        self.values[step.marker] = _copy(value)
-        self.order.append(step.marker)
+        self.values[step.marker] = value = _copy(value)
+        self.history.append((step.marker, value))
 
     def _snapshot(self, frame, step):
         try:
@@ -150,7 +151,8 @@ class Recorder:
     def _global(self, frame, event, arg):
         if event == "call" and frame.f_code in self.codes:
             return self._local
-        return None
+        # an enclosing Recorder (of another module) keeps recording its own functions
+        return self._previous(frame, event, arg) if self._previous is not None else None
 
     def __enter__(self):
         self._previous = sys.gettrace()
