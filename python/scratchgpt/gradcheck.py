@@ -334,7 +334,13 @@ def grade(value, expected, tol=OP_TOLERANCE):
         return f"WRONG (shape {value.shape}, expected {np.shape(expected)})", math.nan, math.nan
     if np.isnan(value).any():
         return "WRONG (NaN)", math.nan, math.nan
-    max_abs, max_rel = compare(value, np.asarray(expected, dtype=np.float64))
+    expected = np.asarray(expected, dtype=np.float64)
+    infinite = np.isinf(value) | np.isinf(expected)          # masked scores are -inf
+    if (value[infinite] != expected[infinite]).any():
+        return "WRONG (an infinity where the expected value differs)", math.inf, math.inf
+    if infinite.any():
+        value, expected = value[~infinite], expected[~infinite]
+    max_abs, max_rel = compare(value, expected)
     if max_abs == 0.0:
         return "exact", 0.0, 0.0
     return ("close" if passes(max_abs, max_rel, tol) else "WRONG"), max_abs, max_rel
@@ -496,7 +502,7 @@ def check_model(overrides, per_tensor=None, seed=0, B=2, T=7, model_class=GPT):
 # ------------------------------------------------------------------------------- printing
 def _array(a, indent):
     if a is None or a is Ellipsis:
-        return " " * indent + repr(a)
+        return " " * indent + ("..." if a is Ellipsis else "None")
     if np.isscalar(a) or np.ndim(a) == 0:
         return " " * indent + f"{float(a):.6g}"
     text = np.array2string(np.asarray(a, dtype=np.float64) if np.asarray(a).dtype != bool else
@@ -551,6 +557,7 @@ def format_evaluation(ev, verbose=True):
             out.append(f" {title}")
             out += [format_row(r) if verbose else
                     f"  {('(%d) ' % r.marker) if r.marker else ''}{r.label}: {r.status}"
+                    + ("" if math.isnan(r.max_rel) else f" (rel {r.max_rel:.1e})")
                     for r in rows]
     if ev.error:
         out.append(f"  the module raised {ev.error}")

@@ -55,7 +55,8 @@ def _static_slice(node):
     return not any(isinstance(n, ast.Name) for n in ast.walk(node.slice))
 
 
-def _target(stmt):
+def statement_target(stmt):
+    """The expression a marked statement's value is read from (None: the returned value)."""
     if isinstance(stmt, ast.Return):
         return None
     target = (stmt.targets[0] if isinstance(stmt, ast.Assign) else
@@ -87,7 +88,7 @@ def marked_steps(source, functions=("forward", "backward")):
                         raise ValueError(f"marker ({n}) is used twice (lines {seen[n][1]} and "
                                          f"{stmt.lineno})")
                     seen[n] = (fn.name, stmt.lineno)
-                    steps.append(Step(n, fn.name, stmt.lineno, stmt.end_lineno, _target(stmt),
+                    steps.append(Step(n, fn.name, stmt.lineno, stmt.end_lineno, statement_target(stmt),
                                       "\n".join(lines[stmt.lineno - 1:stmt.end_lineno]).strip(),
                                       note))
                     break
