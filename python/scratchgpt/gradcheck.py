@@ -535,6 +535,9 @@ def format_row(row):
     if row.status not in ("exact", "close"):
         lines.append("      expected:")
         lines.append(_array(row.expected, 8))
+        if row.status == "WRONG":       # the pattern of the difference often names the mistake
+            lines.append("      difference (analytic - expected):")
+            lines.append(_array(np.asarray(row.value, dtype=np.float64) - row.expected, 8))
     return "\n".join(lines)
 
 
