@@ -560,7 +560,7 @@ def format_evaluation(ev, verbose=True):
             out.append(f" {title}")
             out += [format_row(r) if verbose else
                     f"  {('(%d) ' % r.marker) if r.marker else ''}{r.label}: {r.status}"
-                    + ("" if math.isnan(r.max_rel) else f" (rel {r.max_rel:.1e})")
+                    + ("" if math.isnan(r.max_rel) or r.status == "exact" else f" (rel {r.max_rel:.1e})")
                     for r in rows]
     if ev.error:
         out.append(f"  the module raised {ev.error}")
