@@ -130,3 +130,23 @@ def test_usage_errors(argv, message, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.cuda
+def test_show_backend_cuda_prints_kernels_beside_reference(capsys):
+    """On a GPU, or on the emulated device (SCRATCHGPT_EMULATE_CUDA=1, CuPy-strict arrays: the
+    example's token ids and targets must be handed over as device arrays too)."""
+    import warnings
+    from scratchgpt.ops import get_backend
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_backend("cuda")
+    except RuntimeError as e:
+        pytest.skip(f"cuda backend unavailable: {e}")
+    assert cli_main(["gradcheck", "embedding", "softmax_xent", "adamw", "--show",
+                     "--backend", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("kernels (cuda, float32) beside the reference") == 3
+    for name in ("dwte", "dwpe", "dlogits", "param"):
+        assert re.search(rf"^  {name} \[[0-9, ]*\]: rel \S+  ok$", out, re.M), name

@@ -92,8 +92,9 @@ def check_function(forward, backward, inputs, rng):
 # ------------------------------------------------------------------------------ the op cases
 @dataclass
 class Case:
-    """One op on one fixed example. forward(module, *inputs) -> (y, cache) calls the op's module
-    (the reference, a kernel backend's op, or a student's file); steps maps each backward marker
+    """One op on one fixed example. forward(module, *inputs, xp=np) -> (y, cache) calls the op's
+    module (the reference, a kernel backend's op, or a student's file; xp makes the example's
+    constant arrays, token ids and targets, the backend's); steps maps each backward marker
     to (what it is the derivative of, fn(Context) -> its finite-difference value)."""
     name: str
     op: str
@@ -198,26 +199,26 @@ def op_cases(dims=None, seed=0):
     tgt.reshape(-1)[-2 if tgt.size > 1 else 0] = -1             # an ignored target
     grad = lambda k: (lambda c: c.input_grad(k))                # noqa: E731
     cases = [
-        Case("embedding", "embedding", lambda m, wte, wpe: m.forward(idx, wte, wpe),
+        Case("embedding", "embedding", lambda m, wte, wpe, xp=np: m.forward(xp.asarray(idx), wte, wpe),
              [rng.standard_normal((V, C)), rng.standard_normal((T + 2, C))], ["wte", "wpe"],
              {2: ("dL/dwte", grad(0)), 3: ("dL/dwpe", grad(1))}),
-        Case("layernorm", "layernorm", lambda m, *a: m.forward(*a),
+        Case("layernorm", "layernorm", lambda m, *a, xp=np: m.forward(*a),
              [x.copy(), rng.standard_normal(C), rng.standard_normal(C)], ["x", "weight", "bias"],
              {5: ("dL/dweight", grad(1)), 6: ("dL/dbias", grad(2)),
               7: ("dL/dxhat, xhat held as a free variable",
                   lambda c: (lambda xh: c.fd(lambda: c.L(xh * c.inputs[1] + c.inputs[2]), xh))(
                       _layernorm_xhat(c.inputs[0]))),
               8: ("dL/dx", grad(0))}),
-        Case("linear", "linear", lambda m, *a: m.forward(*a),
+        Case("linear", "linear", lambda m, *a, xp=np: m.forward(*a),
              [x.copy(), rng.standard_normal((4, C)), rng.standard_normal(4)], ["x", "weight", "bias"],
              {3: ("dL/dx", grad(0)), 4: ("dL/dweight", grad(1)), 5: ("dL/dbias", grad(2))}),
-        Case("gelu[tanh]", "gelu", lambda m, a: m.forward(a, "tanh"), [2 * x], ["x"],
+        Case("gelu[tanh]", "gelu", lambda m, a, xp=np: m.forward(a, "tanh"), [2 * x], ["x"],
              {3: ("d/dx of sum 2u(x), u = s (x + c x^3)",
                   lambda c: c.fd(lambda: float(np.sum(2 * _gelu_u(c.inputs[0]))), c.inputs[0])),
               4: ("d/dx of sum gelu(x): y'",
                   lambda c: c.fd(lambda: float(np.sum(ref.gelu.forward(c.inputs[0], "tanh")[0])),
                                  c.inputs[0]))}),
-        Case("gelu[erf]", "gelu", lambda m, a: m.forward(a, "none"), [2 * x], ["x"],
+        Case("gelu[erf]", "gelu", lambda m, a, xp=np: m.forward(a, "none"), [2 * x], ["x"],
              {5: ("d/dx of sum (x Phi(x) + phi(x)), which is Phi",
                   lambda c: c.fd(lambda: float(np.sum(c.inputs[0] * _Phi(c.inputs[0])
                                                       + _phi(c.inputs[0]))), c.inputs[0])),
@@ -226,11 +227,11 @@ def op_cases(dims=None, seed=0):
               7: ("d/dx of sum gelu(x): y'",
                   lambda c: c.fd(lambda: float(np.sum(ref.gelu.forward(c.inputs[0], "none")[0])),
                                  c.inputs[0]))}),
-        Case("softmax_xent", "softmax_xent", lambda m, z: m.forward(z, tgt),
+        Case("softmax_xent", "softmax_xent", lambda m, z, xp=np: m.forward(z, xp.asarray(tgt)),
              [3 * rng.standard_normal((B, T, V))], ["logits"], _softmax_xent_steps(tgt, V)),
-        Case("dropout", "dropout", lambda m, a: m.forward(a, 0.3, seed=1234, stream=5),
+        Case("dropout", "dropout", lambda m, a, xp=np: m.forward(a, 0.3, seed=1234, stream=5),
              [x.copy()], ["x"], {3: ("dL/dx", grad(0))}),
-        Case("residual", "residual", lambda m, *a: m.forward(*a),
+        Case("residual", "residual", lambda m, *a, xp=np: m.forward(*a),
              [x.copy(), rng.standard_normal(x.shape)], ["a", "b"],
              {2: ("dL/da", grad(0)), 3: ("dL/db", grad(1))}),
     ]
@@ -238,7 +239,7 @@ def op_cases(dims=None, seed=0):
     for label, n_head, window in (("causal, 1 head", 1, None), ("causal, 3 heads", 3, None),
                                   ("banded w=2", 2, 2), ("banded w=1", 3, 1), ("banded w>=T", 2, T)):
         cases.append(Case(f"attention[{label}]", "attention",
-                          lambda m, q, n=n_head, w=window: m.forward(q, n, w), [qkv.copy()], ["qkv"],
+                          lambda m, q, n=n_head, w=window, xp=np: m.forward(q, n, w), [qkv.copy()], ["qkv"],
                           _attention_steps(n_head, window, B, T, Ca // n_head)))
     for case in cases:
         y, _ = case.forward(ref_module(case.op), *[np.copy(a) for a in case.inputs])
@@ -594,17 +595,21 @@ def kernel_comparison(case, backend):
     the float64 reference: relative norm ||kernel - ref|| / ||ref||. Returns [(name, kernel,
     reference, rel)]."""
     be_op = getattr(backend, case.op)
+    xp = backend.xp
+
+    def dev(a):
+        return xp.asarray(np.asarray(a, dtype=np.float32))
     if isinstance(case, AdamWCase):
         ref_p, _ = case.run(ref_module(case.op))
-        p = case.inputs[0].astype(np.float32)
-        m, v = np.zeros_like(p), np.zeros_like(p)
+        p = dev(case.inputs[0])
+        m, v = xp.zeros_like(p), xp.zeros_like(p)
         for t, g in enumerate(case.grads, start=1):
-            be_op.update(p, g.astype(np.float32), m, v, t, case.LR, *case.BETAS, case.EPS, case.WD)
+            be_op.update(p, dev(g), m, v, t, case.LR, *case.BETAS, case.EPS, case.WD)
+        p = backend.asnumpy(p)
         return [("param", p, ref_p, _rel(p, ref_p))]
-    f32 = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in case.inputs]
-    y, cache = case.forward(be_op, *f32)
+    y, cache = case.forward(be_op, *[dev(a) for a in case.inputs], xp=xp)
     R = np.asarray(case.cotangent, dtype=np.float32)
-    grads = be_op.backward(R if R.ndim else float(R), cache)
+    grads = be_op.backward(dev(R) if R.ndim else float(R), cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
     y_ref, ref_grads = case.run(ref_module(case.op))
     rows = [("y", backend.asnumpy(y), y_ref, _rel(backend.asnumpy(y), y_ref))]
