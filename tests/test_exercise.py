@@ -95,6 +95,15 @@ def test_break_it_is_rejected_naming_the_first_wrong_step(b):
     page = (ROOT / "docs" / "exercises" / "break_it" / f"{b.name}.md").read_text()
     assert line in page, f"docs/exercises/break_it/{b.name}.md does not show `{line}`"
     assert f"scratchgpt exercise --break-it {b.name}" in page
+    # the page shows the output the check prints now: the same verdict for every step and
+    # parameter (the digits of the errors are left out: they are finite-difference noise)
+    assert _verdicts(page) == _verdicts(text), f"docs/exercises/break_it/{b.name}.md is stale"
+
+
+def _verdicts(text):
+    step = re.compile(r"^  (?:\(\d+\) )?\S+: (exact|close|WRONG|not filled in)", re.M)
+    param = re.compile(r"^(\S+)\s+\S+\s+\S+  (ok|FAIL)$", re.M)
+    return [m.group(0).split(" (rel")[0] for m in step.finditer(text)] + param.findall(text)
 
 
 def test_a_filled_in_step_is_graded(tmp_path, capsys):

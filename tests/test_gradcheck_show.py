@@ -150,3 +150,15 @@ def test_show_backend_cuda_prints_kernels_beside_reference(capsys):
     assert out.count("kernels (cuda, float32) beside the reference") == 3
     for name in ("dwte", "dwpe", "dlogits", "param"):
         assert re.search(rf"^  {name} \[[0-9, ]*\]: rel \S+  ok$", out, re.M), name
+
+
+def test_show_json_has_every_step_and_the_kernels(capsys):
+    import json
+    assert cli_main(["gradcheck", "attention", "--show", "--json", "--backend", "host"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and len(report["cases"]) == 5
+    for case in report["cases"]:
+        markers = {s["marker"] for s in case["steps"] if s["marker"] is not None}
+        assert markers == set(range(1, 10)) and case["first_wrong"] is None
+        assert all(s["status"] in ("shown", "close", "exact") for s in case["steps"])
+        assert set(case["kernels"]["rel"]) == {"y", "dqkv"}

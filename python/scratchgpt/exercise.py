@@ -213,7 +213,7 @@ def run_break_it(b):
     """-> (passed, text): the check's verdict and what it prints."""
     source, path = broken_source(b)
     if b.target != "model":
-        evaluations = check_source(b.target, source, f"{path.name} ({b.name})")
+        evaluations = check_source(b.target, source, f"reference/{path.name} with break-it {b.name}")
         return first_wrong(evaluations) is None, format_report(evaluations)
     name = "scratchgpt._break_it_model"
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))

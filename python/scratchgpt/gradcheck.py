@@ -352,6 +352,18 @@ class Evaluation:
     case: Case
     rows: list
     error: str | None = None      # what the module raised, if it did
+    filename: str | None = None   # the module's file when it is not the reference
+
+    def to_json(self):
+        num = lambda v: None if v is None or math.isnan(v) else v          # noqa: E731
+        wrong = self.first_wrong
+        return {"case": self.case.name, "ok": self.ok, "error": self.error,
+                "first_wrong": None if wrong is None else
+                {"marker": wrong.marker, "name": wrong.label, "status": wrong.status},
+                "steps": [{"marker": r.marker, "name": r.label, "phase": r.phase,
+                           "status": r.status, "compared_with": r.what or None,
+                           "max_abs": num(r.max_abs), "max_rel": num(r.max_rel)}
+                          for r in self.rows]}
 
     @property
     def first_wrong(self):
@@ -396,7 +408,7 @@ def evaluate(case, module=None, source=None, reference_forward=None):
                   final, "the textbook update, step by step")
         row.status, row.max_abs, row.max_rel = grade(row.value, final, 1e-12)
         rows.append(row)
-        return Evaluation(case, rows, error)
+        return Evaluation(case, rows, error, None if source is None else str(module.__file__))
     ctx = Context(case)
     for n, step in sorted(recorder.steps.items()):
         value = recorder.values.get(n)
@@ -431,7 +443,7 @@ def evaluate(case, module=None, source=None, reference_forward=None):
         if g is None and error is not None:
             row.status = "not reached"
         rows.append(row)
-    return Evaluation(case, rows, error)
+    return Evaluation(case, rows, error, None if source is None else str(module.__file__))
 
 
 def reference_forward_values(case):
@@ -544,7 +556,8 @@ def format_row(row):
 
 def format_evaluation(ev, verbose=True):
     case = ev.case
-    out = [f"== {case.name}  (docs/gradients/{case.op}.md, python/scratchgpt/reference/{case.op}.py)"]
+    out = [f"== {case.name}  (docs/gradients/{case.op}.md, "
+           f"{ev.filename or f'python/scratchgpt/reference/{case.op}.py'})"]
     if verbose:
         for name, x in zip(case.input_names, case.inputs):
             out.append(f"  input {name} {_shape(x)}")
@@ -699,26 +712,36 @@ def run_show(args, names, known):
         except RuntimeError as e:
             raise UsageError(f"backend {args.backend!r} is not available here: {e}", "--backend",
                              "numpy, or a backend `scratchgpt info` lists") from None
-    evaluations, ok = [], True
+    evaluations, ok, report = [], True, {"cases": [], "figures": []}
+    say = (lambda *a: None) if args.json else print                        # noqa: E731
     for case in op_cases(TINY_DIMS) if names else []:
         if case.op not in names:
             continue
         ev = evaluate(case)
         evaluations.append(ev)
         ok = ok and ev.ok
-        print(format_evaluation(ev))
+        report["cases"].append(ev.to_json())
+        say(format_evaluation(ev))
         if backend is not None:
             rows = kernel_comparison(case, backend)
             ok = ok and all(rel < KERNEL_TOLERANCE for *_, rel in rows)
-            print(format_kernel_comparison(case, rows, args.backend))
-        print()
+            report["cases"][-1]["kernels"] = {
+                "backend": args.backend, "tolerance": KERNEL_TOLERANCE,
+                "rel": {name: (None if math.isinf(rel) else rel) for name, _, _, rel in rows}}
+            say(format_kernel_comparison(case, rows, args.backend))
+        say()
     if evaluations:
-        print(format_summary(evaluations))
+        say(format_summary(evaluations))
     if args.plot:
         from .figures import write_figures
         for path in write_figures(args.plot):
-            print(f"wrote {path}")
-    print("all ok" if ok else "FAILED")
+            report["figures"].append(path)
+            say(f"wrote {path}")
+    report["ok"] = ok
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("all ok" if ok else "FAILED")
     return 0 if ok else 1
 
 
