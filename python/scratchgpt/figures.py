@@ -71,7 +71,7 @@ def write_figures(out_dir):
          "dS (7) = P (dP - rowsum(P dP)): 0 above the diagonal, each row sums to 0",
          "key s", "query t"),
         ("dlogits.png", dlogits, vocab, words, "RdBu_r", "sym",
-         "dlogits (7) = (p - onehot(target)) / N: one negative entry per row, at the next word",
+         "dlogits (7) = (p - e_y) / N: one negative entry per row, at the next word (e_y: its one-hot row)",
          "vocabulary", "position (its word)"),
     )
     paths = []
