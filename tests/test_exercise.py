@@ -143,5 +143,14 @@ def test_usage_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_write_blanks(tmp_path, capsys):
+    assert cli_main(["exercise", "--write-blanks", str(tmp_path / "ex")]) == 0
+    assert sorted(f.name for f in (tmp_path / "ex").iterdir()) == sorted(f"{op}.py" for op in OPS)
+    assert (tmp_path / "ex" / "linear.py").read_text() == blank_source("linear")
+    (tmp_path / "file").write_text("")
+    assert cli_main(["exercise", "--write-blanks", str(tmp_path / "file")]) == 1
+    assert "cannot write it" in capsys.readouterr().err
+
+
 def test_exercise_dir_is_the_checkouts():
     assert EXERCISE_DIR == ROOT / "docs" / "exercises"

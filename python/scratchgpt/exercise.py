@@ -231,11 +231,15 @@ def run_break_it(b):
 # ------------------------------------------------------------------------------- command
 def run(args):
     if args.write_blanks:
-        os.makedirs(args.write_blanks, exist_ok=True)
         for op in OPS:
             path = os.path.join(args.write_blanks, f"{op}.py")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(blank_source(op))
+            try:
+                os.makedirs(args.write_blanks, exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(blank_source(op))
+            except OSError as e:
+                raise BadFileError(f"cannot write it: {e.strerror}", path,
+                                   "a writable folder (--write-blanks)") from None
             print(f"wrote {path}")
         return 0
     if args.break_it:
