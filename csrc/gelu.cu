@@ -1,8 +1,9 @@
 // csrc/gelu.cu — GELU forward and backward (docs/gradients/gelu.md, reference/gelu.py), stored in
 // T = float, __nv_bfloat16 or __half (csrc/elementwise.h), computed in float.
 //
-//   tanh form (GPT-1/2/3, the default)   out = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-//                                        d out/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+//   tanh form (GPT-1/2/3, the default)   out = g x,  gate g = 0.5 (1 + tanh u),  u = s (x + c x^3),
+//                                        s = sqrt(2/pi), c = 0.044715 (the names of gelu.md)
+//                                        d out/dx = g (1 + x (1 - g) 2 du/dx),  du/dx = s (1 + 3 c x^2)
 //   exact form (approximate="none")      out = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
 //                                        d out/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
 //
@@ -25,8 +26,8 @@
 namespace scratch::kernels {
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluCoef = 0.044715f;
+constexpr float kSqrt2OverPi = 0.7978845608028654f;   // s
+constexpr float kGeluCoef = 0.044715f;                // c
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
@@ -39,15 +40,15 @@ __device__ __forceinline__ float gelu(float x) {
     return x / (1.0f + expf(-2.0f * u));
 }
 
-// tanh form: with s = 0.5 (1 + tanh u), 1 - tanh^2 u = 4 s (1 - s), so
-// d out/dx = s + 2 x s (1 - s) du/dx.
+// tanh form: with the gate g = 0.5 (1 + tanh u), 1 - tanh^2 u = 4 g (1 - g), so
+// d out/dx = g + 2 x g (1 - g) du/dx.
 template <bool kExact>
 __device__ __forceinline__ float gelu_grad(float x) {
     if (kExact) return 0.5f * erfcf(-x * kInvSqrt2) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
     const float u = kSqrt2OverPi * (x + kGeluCoef * x * x * x);
-    const float s = 1.0f / (1.0f + expf(-2.0f * u));
+    const float g = 1.0f / (1.0f + expf(-2.0f * u));     // the gate 0.5 (1 + tanh u)
     const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoef * x * x);
-    return s + 2.0f * x * s * (1.0f - s) * du;
+    return g + 2.0f * x * g * (1.0f - g) * du;
 }
 
 template <typename T, bool kExact, bool kVec>

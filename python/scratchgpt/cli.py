@@ -27,6 +27,7 @@ from .errors import Interrupted, ScratchError, describe_os_error, signal_name
 COMMANDS = (
     "scratchgpt.info",
     "scratchgpt.gradcheck",
+    "scratchgpt.exercise",
     "scratchgpt.train",
     "scratchgpt.sample",
     "scratchgpt.finetune",

@@ -63,7 +63,7 @@ def softmax(s, out=None):
 
 
 def forward(qkv, n_head, window=None):
-    """qkv [B, T, 3C] -> y [B, T, C], cache (q, k, v, P, window)."""
+    """qkv [B, T, 3C] -> y [B, T, C], cache (q, k, v, P, scale = 1/sqrt(D))."""
     _check(qkv, n_head, window)
     q, k, v = split_heads(qkv, n_head)
     T, D = q.shape[2], q.shape[3]
@@ -83,8 +83,8 @@ def backward(dy, cache):
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)          # [B, H, T, D]
     dv = p.transpose(0, 1, 3, 2) @ dy                          # (5) dV = P^T dY
     dp = dy @ v.transpose(0, 1, 3, 2)                          # (6) dP = dY V^T
-    dp -= (dp * p).sum(axis=-1, keepdims=True)
-    ds = np.multiply(p, dp, out=dp)                            # (7) softmax Jacobian; masked P = 0
+    ds = np.subtract(dp, (dp * p).sum(axis=-1, keepdims=True), out=dp)   # in place: no T*T temporary
+    ds *= p                                                    # (7) softmax Jacobian; masked P = 0
     dqkv = np.empty((B, T, 3, H, D), dtype=dy.dtype)           # the packed layout of qkv
     dqkv[:, :, 0] = (ds @ k).transpose(0, 2, 1, 3) * scale                     # (8)
     dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3) * scale   # (9)

@@ -75,13 +75,15 @@ def forward(x, p, seed, stream=0, offset=0, training=True):
     thr = threshold(p)
     if not training or thr == 0:
         return x, (None, 1.0)
-    keep = keep_mask(x.shape, p, seed, stream, offset)
+    keep = keep_mask(x.shape, p, seed, stream, offset)          # (1) k
     scale = x.dtype.type(1.0 / (1.0 - p))
-    return x * keep * scale, (keep, scale)
+    out = x * keep * scale                                     # (2) y = x k / (1 - p)
+    return out, (keep, scale)
 
 
 def backward(dout, cache):
     keep, scale = cache
     if keep is None:
         return dout
-    return dout * keep * scale
+    dx = dout * keep * scale                                   # (3) dx = dy k / (1 - p)
+    return dx

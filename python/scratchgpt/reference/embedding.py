@@ -41,14 +41,14 @@ def backward(dout, cache):
     idx, wte_shape, wpe_shape = cache
     B, T, C = dout.shape
     dwte = np.zeros(wte_shape, dtype=dout.dtype)
-    # (2) scatter-add: repeated ids accumulate. Sorting the ids and summing each run with
+    # Scatter-add: repeated ids accumulate. Sorting the ids and summing each run with
     # np.add.reduceat is ~10x faster than np.add.at and sums every bucket in a fixed order.
     flat_ids = idx.reshape(-1)
     flat_d = dout.reshape(-1, C)
     order = np.argsort(flat_ids, kind="stable")
     sorted_ids = flat_ids[order]
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    dwte[sorted_ids[starts]] = np.add.reduceat(flat_d[order], starts, axis=0)
+    dwte[sorted_ids[starts]] = np.add.reduceat(flat_d[order], starts, axis=0)   # (2) scatter-add
     dwpe = np.zeros(wpe_shape, dtype=dout.dtype)
     dwpe[:T] = dout.sum(axis=0)                                # (3) positions: sum over the batch
     return dwte, dwpe

@@ -1,6 +1,6 @@
 """GELU activation (docs/gradients/gelu.md).
 
-    tanh form (GPT-1/2/3): 0.5 x (1 + tanh(s (x + 0.044715 x^3))),  s = sqrt(2/pi)
+    tanh form (GPT-1/2/3): 0.5 x (1 + tanh(s (x + c x^3))),  s = sqrt(2/pi), c = 0.044715
     exact form:            0.5 x (1 + erf(x / sqrt(2)))
 """
 import math
@@ -41,19 +41,19 @@ def forward(x, approximate="tanh"):
 def backward(dout, cache):
     x, approximate, gate = cache
     if approximate == "tanh":
-        # 1 - tanh^2 u = 4 gate (1 - gate), so (4) reads gate (1 + 2 x (1 - gate) du)
-        du = x * x
-        du *= 6.0 * GELU_COEF * SQRT_2_OVER_PI
-        du += 2.0 * SQRT_2_OVER_PI                             # (3) 2 du/dx = 2 s (1 + 3 c x^2)
+        # 1 - tanh^2 u = 4 gate (1 - gate), so (4) reads gate (1 + x (1 - gate) 2 du/dx)
+        two_du = x * x
+        two_du *= 6.0 * GELU_COEF * SQRT_2_OVER_PI
+        two_du += 2.0 * SQRT_2_OVER_PI                         # (3) 2 du/dx = 2 s (1 + 3 c x^2)
         grad = np.subtract(1.0, gate)
         grad *= x
-        grad *= du
+        grad *= two_du
         grad += 1.0
-        grad *= gate                                           # (4) 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du
+        grad *= gate                                           # (4) y' = g (1 + x (1 - g) 2 du/dx)
         grad *= dout
         return grad
     else:
-        cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)).astype(x.dtype))
-        pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-        grad = cdf + x * pdf
+        cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)).astype(x.dtype))   # (5) Phi(x)
+        pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)          # (6) phi(x) = Phi'(x)
+        grad = cdf + x * pdf                                           # (7) Phi + x phi
     return dout * grad

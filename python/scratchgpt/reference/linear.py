@@ -6,7 +6,8 @@ from ._checks import check_float, check_ndim, check_shape, check_same_dtype
 
 
 def forward(x, weight, bias=None):
-    """x [..., IN], weight [OUT, IN], bias [OUT] or None -> out [..., OUT], cache (x, weight)."""
+    """x [..., IN], weight [OUT, IN], bias [OUT] or None -> out [..., OUT],
+    cache (x, weight, whether there is a bias)."""
     check_float("x", x)
     check_float("weight", weight)
     check_ndim("weight", weight, 2)
