@@ -157,7 +157,10 @@ def test_a_killed_rank_ends_every_rank_and_keeps_the_checkpoint(text_file, tmp_p
     out = p.stdout + p.stderr
     assert p.returncode != 0 and p.elapsed < 30, (p.returncode, p.elapsed, out)
     pids = dict(re.findall(r"(\d+): (\d+)", re.search(r"pids ([^)]*)\)", out).group(1)))
-    assert f"PID {pids['1']} " in out and "Killed (signal 9)" in out      # the launcher's report
+    # MPICH's launcher ends the other ranks at once (SIGKILL: no rank can speak) and reports
+    # the pid it saw end first, with the signal; the pid map of the start line names its rank
+    reported = re.search(r"PID (\d+) RUNNING AT", out).group(1)
+    assert reported in pids.values() and "Killed (signal 9)" in out, out
     from scratchgpt.checkpoint import list_checkpoints, load_model, load_optimizer
     from scratchgpt.optim import AdamW
     newest = list_checkpoints(tmp_path)[-1]
@@ -182,6 +185,29 @@ def test_a_hanging_rank_is_ended_by_the_watchdog(text_file, tmp_path):
     assert p.returncode != 0 and p.elapsed < 30, (p.returncode, p.elapsed)
     assert re.search(r"rank 0 of 2: .* did not complete within 3 s: .*; ending every rank",
                      p.stderr), p.stderr
+
+
+@needs_mpi
+def test_the_peer_monitor_names_a_rank_that_ends_during_training():
+    """Launchers that leave the other ranks running (srun without --kill-on-bad-exit) get the
+    rank's own report: a peer on this host that ends makes the monitor abort, naming it."""
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    class World:
+        rank, size, finishing, aborted = 0, 2, False, []
+        peers = [(distributed.socket.gethostname(), os.getpid()),
+                 (distributed.socket.gethostname(), peer.pid)]
+
+        def abort(self, code):
+            self.aborted.append(code)
+
+    world = World()
+    monitor = distributed.PeerMonitor(world)
+    monitor.start()
+    peer.kill()
+    peer.wait()
+    monitor.join(10)
+    assert world.aborted == [1] and not monitor.is_alive()
 
 
 @needs_mpi

@@ -39,8 +39,10 @@ import hashlib
 import json
 import os
 import pickle
+import select
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -112,6 +114,35 @@ class Watchdog:
               f"within {timeout_s:g} s: {cause}; ending every rank (--dist-timeout)",
               file=sys.stderr, flush=True)
         self.abort(1)
+
+
+class PeerMonitor(threading.Thread):
+    """Watches the other ranks on this host through pidfds and ends every rank, naming the one
+    that ended, when one ends before training is over (a kill -9 or a crash reports nothing
+    itself, and the launcher may name the pid of a rank it cleaned up instead)."""
+
+    def __init__(self, dp):
+        super().__init__(name="scratchgpt-peer-monitor", daemon=True)
+        self.dp, self.fds = dp, {}
+        host = socket.gethostname()
+        for r, (h, pid) in enumerate(dp.peers):
+            if h == host and r != dp.rank:
+                with contextlib.suppress(OSError):
+                    self.fds[os.pidfd_open(pid)] = (r, pid)
+
+    def run(self):
+        poller = select.poll()
+        for fd in self.fds:
+            poller.register(fd, select.POLLIN)
+        events = poller.poll()
+        if self.dp.finishing:
+            return
+        gone = sorted(self.fds[fd] for fd, _ in events)
+        print(f"scratchgpt: error: rank {self.dp.rank} of {self.dp.size}: "
+              + ", ".join(f"rank {r} (pid {pid})" for r, pid in gone)
+              + " ended during training (killed or crashed, unless its own error is printed "
+              "above); ending every rank", file=sys.stderr, flush=True)
+        self.dp.abort(1)
 
 
 # ------------------------------------------------------------------------------- transports
@@ -366,11 +397,21 @@ class DataParallel:
         self.watchdog = None
         self.transport = None
         self.reducer = None
+        self.finishing = False
         if comm is not None:
             self.peers = comm.allgather(self.peers[0])
             self.watchdog = Watchdog(timeout_s, self.rank, self.size, self.peers, self.abort)
             self.mpi = MpiTransport(comm, self.watchdog)
             self.transport = self.mpi
+            if hasattr(os, "pidfd_open"):
+                PeerMonitor(self).start()
+
+    def finish(self):
+        """The end of the command on every rank: from here a rank may exit."""
+        if self.finishing:
+            return
+        self.finishing = True            # first: a rank that passes the barrier may exit at once
+        self.allgather_obj(None, "the final barrier")
 
     @property
     def is_writer(self):
@@ -381,7 +422,9 @@ class DataParallel:
                 self.transport is not self.mpi:
             with contextlib.suppress(Exception):
                 self.transport.comm.abort()        # NCCL: frees ranks blocked on the device
+        sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)                             # MPI_Abort may return before the launcher acts
 
     def describe(self):
         if self.size == 1:
@@ -553,6 +596,7 @@ def ending_all_ranks_on_error(command="train"):
             raise
         code = getattr(e, "exit_code", 1)
         if isinstance(e, (SameOnEveryRank, Interrupted)):
+            world.finish()
             if world.rank == 0:
                 raise
             sys.exit(code)
@@ -563,6 +607,9 @@ def ending_all_ranks_on_error(command="train"):
             import traceback
             traceback.print_exc()
         world.abort(code if isinstance(code, int) and code > 0 else 1)
+    else:
+        if _WORLD is not None:
+            _WORLD.finish()
 
 
 # ------------------------------------------------------------------- the NCCL check (a GPU)
