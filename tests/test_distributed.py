@@ -324,6 +324,19 @@ def test_nccl_path_on_the_emulated_device_buckets_and_orders_its_calls(emulated)
         assert np.array_equal(emulated.asnumpy(model.params[k]), emulated.asnumpy(twin.params[k]))
 
 
+def test_the_device_checks_nccl_run_passes_on_the_emulated_device(emulated, monkeypatch, capsys):
+    """benchmarks/device_check.sh's `python3 -m scratchgpt.distributed nccl-check`, with the
+    emulated device as cupy and the stand-in as cupy.cuda.nccl: its plumbing, before a GPU."""
+    import types
+    nccl = _standin()
+    monkeypatch.setitem(sys.modules, "cupy", emulated)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", types.SimpleNamespace(nccl=nccl))
+    assert distributed._nccl_check() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"] and result["zero1_equals_adamw"] and result["buckets"] > 1
+    assert nccl.calls[-1] == ("destroy",)
+
+
 def test_the_nccl_standin_refuses_what_cupy_14_refuses():
     nccl = _standin()
     with pytest.raises(TypeError):

@@ -616,10 +616,14 @@ def ending_all_ranks_on_error(command="train"):
 def _nccl_check():
     """One GPU: a 1-rank NCCL communicator runs the bucketed reduction and ZeRO-1's all-gather
     on a small cuda model's gradients; prints JSON. (benchmarks/device_check.sh)"""
-    import cupy
-    from cupy.cuda import nccl
     from .config import GPTConfig
     from .model import GPT
+    try:
+        import cupy
+        from cupy.cuda import nccl
+    except ImportError as e:
+        print(json.dumps({"ok": False, "reason": f"CuPy is not installed ({e})"}))
+        return 2
     if not nccl.available:
         print(json.dumps({"ok": False, "reason": "NCCL is not installed (nvidia-nccl-cu13)"}))
         return 2
