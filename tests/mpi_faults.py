@@ -2,7 +2,8 @@
 
     mpiexec -n 2 python3 -m mpi_faults KIND RANK STEP train ARGS...
 
-KIND: raise (a RuntimeError), kill (SIGKILL to itself), hang (sleeps 600 s); the fault happens
+KIND: raise (a RuntimeError), kill (SIGKILL to itself), hang (sleeps 600 s), nan (its first
+forward of the step returns a NaN loss); the fault happens
 on rank RANK when it starts optimizer step STEP (counting from 0), before that step's forward.
 """
 import os
@@ -26,6 +27,14 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
             if kind == "hang":
                 time.sleep(600)
+            if kind == "nan":
+                forward = model.forward
+
+                def nan_once(x, y):
+                    model.forward = forward
+                    logits, _ = forward(x, y)
+                    return logits, float("nan")
+                model.forward = nan_once
         calls["n"] += 1
         return step_fn(model, mp, sampler, args, lr, dp)
 

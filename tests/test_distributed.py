@@ -179,6 +179,21 @@ def test_a_raising_rank_ends_every_rank_naming_it(text_file, tmp_path):
 
 
 @needs_mpi
+def test_a_nan_on_one_rank_stops_every_rank_on_the_same_step(text_file, tmp_path):
+    p = fault(text_file, tmp_path, "nan", 1, 4)
+    assert p.returncode == 1 and p.elapsed < 30, (p.returncode, p.elapsed, p.stderr)
+    assert p.stderr.count("training stopped: the loss or gradient is not finite (NaN or Inf) "
+                          "at step 5") == 1                 # rank 0 reports, rank 1 is quiet
+    assert "failed" not in p.stderr
+    assert os.path.basename(find_newest(tmp_path)) == "ckpt_000003"
+
+
+def find_newest(run_dir):
+    from scratchgpt.checkpoint import list_checkpoints
+    return list_checkpoints(run_dir)[-1]
+
+
+@needs_mpi
 @pytest.mark.slow
 def test_a_hanging_rank_is_ended_by_the_watchdog(text_file, tmp_path):
     p = fault(text_file, tmp_path, "hang", 1, 2, "--dist-timeout", "3")
