@@ -2,9 +2,12 @@
 
 Under MPI (`mpiexec -n N python3 -m scratchgpt.cli train ...` as subprocesses, each with a
 timeout): N ranks give the weights, AdamW moments, sampler and dropout state of one process with
---grad-accum N bit for bit (N = 2, and 4 in the slow set; numpy and host backends; ZeRO-1 too);
-a checkpoint resumes across world sizes 2 -> 1 and 1 -> 2 bit-identically; a killed, raising or
-hanging rank ends the job within 30 s with a message naming the rank; arguments that differ
+--grad-accum N bit for bit (N = 2, and 4 in the slow set; numpy and host backends, bf16 and
+fp16; ZeRO-1 too);
+a checkpoint resumes across world sizes 2 -> 1 and 1 -> 2 bit-identically; a raising or hanging
+rank ends the job within 30 s with a message naming the rank, a killed one with the launcher's
+message naming a pid of the start line's rank -> pid map; a NaN on one rank stops all; arguments
+that differ
 between ranks are refused before anything is written. These need mpi4py and mpiexec (the `mpi`
 extra); without them they skip saying so (CI installs the extra and runs them).
 
@@ -76,16 +79,18 @@ def assert_same_checkpoint(a, b):
 
 @pytest.fixture(scope="module")
 def reference(text_file, tmp_path_factory):
-    """One process with --grad-accum N, 6 steps (checkpoints at 3 and 6), once per (N, backend)."""
+    """One process with --grad-accum N, 6 steps (checkpoints at 3 and 6), once per (N, backend,
+    precision)."""
     runs = {}
 
-    def get(accum, backend="numpy"):
-        if (accum, backend) not in runs:
-            out = tmp_path_factory.mktemp(f"ref_{accum}_{backend}")
+    def get(accum, backend="numpy", precision="fp32"):
+        key = (accum, backend, precision)
+        if key not in runs:
+            out = tmp_path_factory.mktemp(f"ref_{accum}_{backend}_{precision}")
             run(None, train_argv(text_file, out, "--max-steps", "6", "--grad-accum", str(accum),
-                                 "--backend", backend))
-            runs[accum, backend] = str(out)
-        return runs[accum, backend]
+                                 "--backend", backend, "--precision", precision))
+            runs[key] = str(out)
+        return runs[key]
     return get
 
 
@@ -106,6 +111,19 @@ def test_two_ranks_equal_one_process_with_grad_accum_two(text_file, tmp_path, re
 def test_two_ranks_on_the_host_kernels_equal_grad_accum_two(text_file, tmp_path, reference):
     run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--backend", "host"))
     assert_same_checkpoint(os.path.join(reference(2, "host"), "ckpt_000006"),
+                           os.path.join(tmp_path, "ckpt_000006"))
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_two_ranks_in_mixed_precision_equal_grad_accum_two(text_file, tmp_path, reference,
+                                                           precision):
+    """bf16 / fp16: the fp32 master gradients are what is reduced; the loss scaler decides on
+    the reduced gradients, the same on every rank."""
+    run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--precision",
+                      precision))
+    assert_same_checkpoint(os.path.join(reference(2, precision=precision), "ckpt_000006"),
                            os.path.join(tmp_path, "ckpt_000006"))
 
 
