@@ -57,13 +57,19 @@ DEFAULT_BUCKET_MB = 25          # PyTorch DDP's default bucket size
 DEFAULT_TIMEOUT_S = 300.0
 
 
+# flags a resumed run may change (checkpoints hold whole moments, whatever --zero was)
+RESUMABLE = ("zero", "dist_timeout", "bucket_mb")
+
+
 def add_arguments(p):
+    from .cli import positive_float
     p.add_argument("--zero", type=int, default=0, choices=(0, 1),
-                   help="1: shard AdamW's moments across the MPI ranks (ZeRO-1); default 0")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="1: shard AdamW's moments across the MPI ranks (ZeRO-1; on one rank "
+                   "it is plain AdamW); default 0")
+    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="under mpiexec: seconds a collective may wait for the other ranks "
                    f"before every rank is ended (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--bucket-mb", type=float, default=DEFAULT_BUCKET_MB, metavar="MB",
+    p.add_argument("--bucket-mb", type=positive_float, default=DEFAULT_BUCKET_MB, metavar="MB",
                    help=f"gradient all-reduce bucket size in MB (default {DEFAULT_BUCKET_MB})")
 
 
@@ -403,8 +409,9 @@ class DataParallel:
             self.watchdog = Watchdog(timeout_s, self.rank, self.size, self.peers, self.abort)
             self.mpi = MpiTransport(comm, self.watchdog)
             self.transport = self.mpi
-            if hasattr(os, "pidfd_open"):
-                PeerMonitor(self).start()
+            monitor = PeerMonitor(self) if hasattr(os, "pidfd_open") else None
+            if monitor is not None and monitor.fds:
+                monitor.start()
 
     def finish(self):
         """The end of the command on every rank: from here a rank may exit."""

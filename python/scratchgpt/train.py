@@ -5,6 +5,7 @@ gradient accumulation, periodic validation and atomic checkpoints.
     scratchgpt train --data input.txt --out runs/shakespeare --max-steps 2000
     scratchgpt train --resume runs/shakespeare --max-steps 4000
     scratchgpt train --precision bf16                    # bf16 storage, fp32 masters
+    mpiexec -n 2 scratchgpt train --batch-size 8         # data parallel: = --grad-accum 2
 
 Everything a run needs to continue is in its checkpoints (weights, AdamW moments and step,
 the data sampler's and dropout's RNG state), so N steps in one go and N/2 + --resume + N/2
@@ -50,7 +51,7 @@ SIZE_FLAGS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropou
 SMALL_PRESET_BPE_VOCAB = 320
 # what --resume may change; everything else comes from the checkpoint
 RESUMABLE = ("max_steps", "eval_interval", "eval_iters", "ckpt_interval", "json", "progress",
-             "backend", "keep")
+             "backend", "keep") + distributed.RESUMABLE
 
 
 class TrainingDiverged(ScratchError, RuntimeError, distributed.SameOnEveryRank):
