@@ -96,9 +96,11 @@ def reference(text_file, tmp_path_factory):
 
 # ---------------------------------------------------------------------- bit identity (MPI)
 @needs_mpi
-@pytest.mark.parametrize("zero", ["0", "1"])
-def test_two_ranks_equal_one_process_with_grad_accum_two(text_file, tmp_path, reference, zero):
-    p = run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", zero))
+@pytest.mark.parametrize("zero, bucket_mb", [("0", "25"), ("1", "0.001")])   # 1 or 28 buckets
+def test_two_ranks_equal_one_process_with_grad_accum_two(text_file, tmp_path, reference, zero,
+                                                         bucket_mb):
+    p = run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", zero,
+                          "--bucket-mb", bucket_mb))
     assert "data parallel over 2 ranks" in p.stdout
     assert p.stdout.count("done: 6 steps") == 1                  # rank 0 alone prints
     for step in (3, 6):
@@ -131,7 +133,7 @@ def test_two_ranks_in_mixed_precision_equal_grad_accum_two(text_file, tmp_path, 
 @pytest.mark.slow
 def test_four_ranks_equal_one_process_with_grad_accum_four(text_file, tmp_path, reference):
     """N = 4: the rank-order sum ((g0 + g1) + g2) + g3 is grad-accum's; bit-identical too."""
-    run(4, train_argv(text_file, tmp_path, "--max-steps", "6"))
+    run(4, train_argv(text_file, tmp_path, "--max-steps", "6", "--bucket-mb", "0.001"))
     assert_same_checkpoint(os.path.join(reference(4), "ckpt_000006"),
                            os.path.join(tmp_path, "ckpt_000006"))
 

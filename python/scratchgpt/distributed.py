@@ -270,6 +270,7 @@ class OrderedReducer:
                              np.dtype(dtype).itemsize)
         self.dtype = dtype
         self.calls = 0
+        self.buffers = None
 
     def bytes_sent_per_step(self):
         """Bytes one rank sends per step: (N-1)/N of the padded vector in each collective."""
@@ -277,21 +278,29 @@ class OrderedReducer:
 
     def reduce(self, grads):
         xp, n = self.xp, self.size
+        if self.buffers is None:                 # one bucket's worth, reused by every bucket
+            most = max(stop - start for start, stop in self.layout.buckets)
+            self.buffers = (xp.zeros(most, self.dtype), xp.empty(most, self.dtype),
+                            xp.empty(most // n, self.dtype))
         for b, (start, stop) in enumerate(self.layout.buckets):
-            bucket = xp.zeros(stop - start, self.dtype)
+            length = stop - start
+            bucket, recv, total = (self.buffers[0][:length], self.buffers[1][:length],
+                                   self.buffers[2][:length // n])
+            filled = 0
             for name, lo, hi, at in self.layout.pieces(start, stop):
                 bucket[at - start:at - start + hi - lo] = flat(grads[name])[lo:hi]
-            recv = xp.empty_like(bucket)
-            what = f"gradient all-to-all (bucket {b}, call {self.calls})"
-            self.t.alltoall(bucket, recv, what)
-            chunk = (stop - start) // n
-            total = recv[:chunk].copy()
+                filled = at - start + hi - lo
+            bucket[filled:] = 0                  # the padding of the last bucket
+            where = f"(bucket {b} of optimizer step {self.calls})"
+            self.t.alltoall(bucket, recv, f"gradient all-to-all {where}")
+            chunk = length // n
+            total[...] = recv[:chunk]
             for i in range(1, n):                       # rank order: the grad-accum order
                 total += recv[i * chunk:(i + 1) * chunk]
-            self.t.allgather(total, bucket, f"gradient all-gather (bucket {b}, call {self.calls})")
+            self.t.allgather(total, bucket, f"gradient all-gather {where}")
             for name, lo, hi, at in self.layout.pieces(start, stop):
                 flat(grads[name])[lo:hi] = bucket[at - start:at - start + hi - lo]
-            self.calls += 1
+        self.calls += 1
         return grads
 
 
@@ -310,6 +319,7 @@ class ShardedAdamW(AdamW):
                              np.dtype(dtype).itemsize)
         shard = self.layout.padded // size
         self.shard = (rank * shard, (rank + 1) * shard)
+        self.buffers = None
         super().__init__(params, backend, **hyper)
 
     def _pieces(self):
@@ -359,12 +369,14 @@ class ShardedAdamW(AdamW):
         """All-gather the flat vector whose own shard own(name, lo, hi) gives; put each
         tensor's piece back with put(name, lo, hi, values)."""
         xp = self.be.xp
-        dtype = next(iter(self.params.values())).dtype
-        start, stop = self.shard
-        send = xp.zeros(stop - start, dtype)
+        if self.buffers is None:           # kept: a fresh vector per step costs page faults
+            dtype = next(iter(self.params.values())).dtype
+            self.buffers = (xp.zeros(self.shard[1] - self.shard[0], dtype),
+                            xp.empty(self.layout.padded, dtype))
+        send, full = self.buffers
+        start = self.shard[0]
         for name, lo, hi, at in self._pieces():
             send[at - start:at - start + hi - lo] = own(name, lo, hi)
-        full = xp.empty(self.layout.padded, dtype)
         self.t.allgather(send, full, what)
         for name, lo, hi, at in self.layout.pieces(0, self.layout.numel):
             put(name, lo, hi, full[at:at + hi - lo])
@@ -533,6 +545,11 @@ class DataParallel:
         if zero and self.size > 1:
             return ShardedAdamW(params, backend, self.transport, self.rank, self.size, **hyper)
         return AdamW(params, backend, **hyper)
+
+    def take_part_in_save(self, opt):
+        """A rank other than 0 at a checkpoint: ZeRO-1's moments are gathered for rank 0."""
+        if isinstance(opt, ShardedAdamW):
+            opt.state_dict()
 
     def use_device(self, backend):
         """cuda under mpiexec: one GPU per rank (by local rank) and NCCL for the gradients."""

@@ -522,9 +522,8 @@ def train(args, extra_docs=()):
     saved = {"step": None}
 
     def checkpoint(step):
-        if not dp.is_writer:                       # rank 0 writes; ZeRO-1's gather needs all
-            if hasattr(opt, "shard"):
-                opt.state_dict()
+        if not dp.is_writer:                       # rank 0 writes; the others take part
+            dp.take_part_in_save(opt)
             saved["step"] = step
             return os.path.join(out, f"ckpt_{step:06d}")
         saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "_defaults")}
