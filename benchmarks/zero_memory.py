@@ -39,7 +39,8 @@ def main():
             sum(a.nbytes for a in opt.m.values()) + sum(a.nbytes for a in opt.v.values()))
     every = world.allgather_obj(int(held), "report")
     if world.rank == 0:
-        print(json.dumps({"preset": args.preset, "params": int(sum(a.size for a in params.values())),
+        print(json.dumps({"preset": args.preset,
+                          "params": int(sum(a.size for a in params.values())),
                           "ranks": world.size, "moment_bytes_per_rank": every}))
     world.finish()
 

@@ -27,13 +27,17 @@ _BYTES = {0: 1, 1: 1, 2: 4, 3: 4, 4: 8, 5: 8, 6: 2, 7: 4, 8: 8, 9: 2}
 available = True
 
 
+_STATUS = ("ncclSuccess", "ncclUnhandledCudaError", "ncclSystemError", "ncclInternalError",
+           "ncclInvalidArgument", "ncclInvalidUsage")
+
+
 class NcclError(RuntimeError):
     """As cupy_backends.cuda.libs.nccl.NcclError: status 4 ncclInvalidArgument,
     5 ncclInvalidUsage."""
 
     def __init__(self, status, what):
         self.status = status
-        super().__init__(f"{['ncclSuccess', 'ncclUnhandledCudaError', 'ncclSystemError', 'ncclInternalError', 'ncclInvalidArgument', 'ncclInvalidUsage'][status]}: {what}")
+        super().__init__(f"{_STATUS[status]}: {what}")
 
 
 def _c_int(x, bits, signed=True):

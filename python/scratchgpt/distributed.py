@@ -66,7 +66,8 @@ def add_arguments(p):
     p.add_argument("--zero", type=int, default=0, choices=(0, 1),
                    help="1: shard AdamW's moments across the MPI ranks (ZeRO-1; on one rank "
                    "it is plain AdamW); default 0")
-    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    p.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
                    help="under mpiexec: seconds a collective may wait for the other ranks "
                    f"before every rank is ended (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--bucket-mb", type=positive_float, default=DEFAULT_BUCKET_MB, metavar="MB",
@@ -272,10 +273,6 @@ class OrderedReducer:
         self.calls = 0
         self.buffers = None
 
-    def bytes_sent_per_step(self):
-        """Bytes one rank sends per step: (N-1)/N of the padded vector in each collective."""
-        return 2 * (self.size - 1) * (self.layout.padded // self.size) * np.dtype(self.dtype).itemsize
-
     def reduce(self, grads):
         xp, n = self.xp, self.size
         if self.buffers is None:                 # one bucket's worth, reused by every bucket
@@ -400,8 +397,8 @@ class SameOnEveryRank:
     exit with its status quietly."""
 
 
-class ArgumentsDiffer(UsageError, SameOnEveryRank):
-    pass
+class EveryRankUsageError(UsageError, SameOnEveryRank):
+    """A usage error every rank finds at the same point (the arguments are the same on all)."""
 
 
 class DataParallel:
@@ -484,8 +481,9 @@ class DataParallel:
                               if theirs.get(k) != every[0][1].get(k))
                 diff = ", ".join(f"{k}: rank 0 {every[0][1].get(k)!r}, rank {r} "
                                  f"{theirs.get(k)!r}" for k in keys)
-                raise ArgumentsDiffer(f"the ranks were started with different arguments ({diff})",
-                                      "mpiexec", "the same command line on every rank")
+                raise EveryRankUsageError(
+                    f"the ranks were started with different arguments ({diff})", "mpiexec",
+                    "the same command line on every rank")
 
     @contextlib.contextmanager
     def rank0_first(self, what):
@@ -557,8 +555,9 @@ class DataParallel:
             return
         from .kernels import emulating_cuda
         if emulating_cuda():
-            raise UsageError("the emulated device has no NCCL", "--backend cuda under mpiexec",
-                             "--backend numpy or host for several ranks on CPUs")
+            raise EveryRankUsageError("the emulated device has no NCCL",
+                                      "--backend cuda under mpiexec",
+                                      "--backend numpy or host for several ranks on CPUs")
         from mpi4py import MPI
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED).rank
         import cupy
@@ -573,7 +572,7 @@ class DataParallel:
         if args.resume and saved != self.size:
             total = args.grad_accum * saved
             if total % self.size:
-                raise ArgumentsDiffer(
+                raise EveryRankUsageError(
                     f"the run's global step holds {total} micro-batches ({saved} ranks x "
                     f"--grad-accum {args.grad_accum}), which {self.size} ranks cannot share",
                     f"--resume {args.resume} on {self.size} ranks",

@@ -42,7 +42,6 @@ from .data import (BatchSampler, default_corpus_files, is_shard, load_split, pre
                    read_documents, shard_paths, text_files)
 from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
 from .model import GPT
-from .optim import AdamW
 from .precision import PRECISIONS, LossScaleUnderflow, MixedPrecision, check_supported
 from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
