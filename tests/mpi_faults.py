@@ -3,7 +3,7 @@
     mpiexec -n 2 python3 -m mpi_faults KIND RANK STEP train ARGS...
 
 KIND: raise (a RuntimeError), kill (SIGKILL to itself), hang (sleeps 600 s), nan (its first
-forward of the step returns a NaN loss); the fault happens
+forward of the step returns a NaN loss), term (SIGTERM to itself); the fault happens
 on rank RANK when it starts optimizer step STEP (counting from 0), before that step's forward.
 """
 import os
@@ -23,8 +23,8 @@ def main():
         if dp is not None and dp.rank == rank and calls["n"] == at:
             if kind == "raise":
                 raise RuntimeError("injected fault")
-            if kind == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+            if kind in ("kill", "term"):
+                os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
             if kind == "hang":
                 time.sleep(600)
             if kind == "nan":

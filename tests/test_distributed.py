@@ -208,6 +208,15 @@ def test_a_nan_on_one_rank_stops_every_rank_on_the_same_step(text_file, tmp_path
     assert os.path.basename(find_newest(tmp_path)) == "ckpt_000003"
 
 
+@needs_mpi
+def test_sigterm_to_one_rank_stops_every_rank_after_the_step_with_a_checkpoint(text_file,
+                                                                              tmp_path):
+    p = fault(text_file, tmp_path, "term", 1, 4)
+    assert p.returncode == 143 and p.elapsed < 30, (p.returncode, p.elapsed, p.stderr)
+    assert "interrupted by SIGTERM after step 5 of 30; checkpoint written" in p.stderr
+    assert os.path.basename(find_newest(tmp_path)) == "ckpt_000005"
+
+
 def find_newest(run_dir):
     from scratchgpt.checkpoint import list_checkpoints
     return list_checkpoints(run_dir)[-1]
