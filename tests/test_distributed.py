@@ -232,7 +232,9 @@ def test_a_hanging_rank_is_ended_by_the_watchdog(text_file, tmp_path):
 
 
 @needs_mpi
-def test_the_peer_monitor_names_a_rank_that_ends_during_training():
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd_open (Linux >= 5.3, "
+                    "Python >= 3.9): the monitor is not started there")
+def test_the_peer_monitor_names_a_rank_that_ends_during_training(capsys):
     """Launchers that leave the other ranks running (srun without --kill-on-bad-exit) get the
     rank's own report: a peer on this host that ends makes the monitor abort, naming it."""
     peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -252,6 +254,8 @@ def test_the_peer_monitor_names_a_rank_that_ends_during_training():
     peer.wait()
     monitor.join(10)
     assert world.aborted == [1] and not monitor.is_alive()
+    assert (f"rank 0 of 2: rank 1 (pid {peer.pid}) ended during training (killed or crashed"
+            in capsys.readouterr().err)
 
 
 @needs_mpi
