@@ -463,8 +463,11 @@ class DataParallel:
         bounds = np.concatenate([[0], np.cumsum(counts)])
         return [pickle.loads(buf[bounds[i]:bounds[i + 1]].tobytes()) for i in range(self.size)]
 
-    def any(self, flag, what="stop agreement"):
-        return any(self.allgather_obj(bool(flag), what))
+    def first(self, value, what="signal agreement"):
+        """The first value that is not None, in rank order, of every rank's value."""
+        if self.size == 1:
+            return value
+        return next((v for v in self.allgather_obj(value, what) if v is not None), None)
 
     def check_same_arguments(self, args, ignore=("func", "_defaults")):
         """Refuse arguments that differ between ranks (every rank raises the same error)."""

@@ -571,8 +571,8 @@ def train(args, extra_docs=()):
                 bar.update(1)
                 if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
                     checkpoint(step + 1)
-                if dp.any(stop.signum is not None):
-                    stop.signum = stop.signum or signal.SIGTERM   # another rank's signal
+                stop.signum = dp.first(stop.signum)       # one rank's signal stops every rank
+                if stop.signum is not None:
                     path = (os.path.join(out, f"ckpt_{step + 1:06d}")
                             if saved["step"] == step + 1 else checkpoint(step + 1))
                     bar.close()
