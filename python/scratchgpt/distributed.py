@@ -55,6 +55,9 @@ from .reference.adamw import decays
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 DEFAULT_BUCKET_MB = 25          # PyTorch DDP's default bucket size
 DEFAULT_TIMEOUT_S = 300.0
+# waits that are not hangs: ranks that start (import, read checkpoints) at different speeds, and
+# rank 0 tokenizing a corpus while the others wait for its shards
+STARTUP_TIMEOUT_S, DATA_TIMEOUT_S = 600.0, 3600.0
 
 
 # flags a resumed run may change (checkpoints hold whole moments, whatever --zero was)
@@ -475,7 +478,8 @@ class DataParallel:
             return
         mine = {k: v for k, v in vars(args).items() if k not in ignore}
         digest = hashlib.sha256(json.dumps(mine, sort_keys=True, default=str).encode()).hexdigest()
-        every = self.allgather_obj((digest, mine), "argument check")
+        every = self.allgather_obj((digest, mine), "argument check",
+                                   max(STARTUP_TIMEOUT_S, self.watchdog.timeout_s))
         if all(d == every[0][0] for d, _ in every):
             return
         for r, (d, theirs) in enumerate(every):
@@ -493,10 +497,10 @@ class DataParallel:
         """Rank 0 runs the block first (it writes shared files, e.g. the tokenized data); the
         others run it after, finding them. A failure on rank 0 aborts every rank."""
         if self.size > 1 and self.rank != 0:
-            self.allgather_obj(None, what, timeout_s=max(3600.0, self.watchdog.timeout_s))
+            self.allgather_obj(None, what, timeout_s=max(DATA_TIMEOUT_S, self.watchdog.timeout_s))
         yield
         if self.size > 1 and self.rank == 0:
-            self.allgather_obj(None, what, timeout_s=max(3600.0, self.watchdog.timeout_s))
+            self.allgather_obj(None, what, timeout_s=max(DATA_TIMEOUT_S, self.watchdog.timeout_s))
 
     # ------------------------------------------------------------------------- the step
     def global_accum(self, accum):
