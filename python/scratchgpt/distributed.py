@@ -27,10 +27,11 @@ to slices of the same tensors (an element-wise update), so it is bit-identical t
 Allreduce and NCCL's ring do not promise an order; this is why the sum is ours.
 
 Faults. A rank that raises prints `rank R of N failed: <cause>` and calls MPI_Abort, which ends
-every rank at once; a rank that is killed is reported by the launcher (MPICH: "BAD TERMINATION ...
-PID P ... Killed (signal 9)"; rank 0 prints the pid of every rank at start, so P names the rank),
-which ends the others. Every collective waits under a watchdog (--dist-timeout): a rank that hangs
-makes the others abort with the collective's name and the ranks found dead. Arguments that differ
+every rank at once. A rank that is killed is named by the others' peer monitor (pidfds of the
+ranks on the same host), or by the launcher when it ends the others first (MPICH: "BAD TERMINATION
+... PID P ... Killed (signal 9)"; rank 0 prints the pid of every rank at start, so P names the
+rank). Every collective waits under a watchdog (--dist-timeout): a rank that hangs makes the others
+abort with the collective's name and the ranks found dead. Arguments that differ
 between ranks are refused before anything is read. Rank 0 alone prints, plots and writes
 checkpoints (atomically, checkpoint.py), so the newest complete checkpoint stays loadable.
 """
