@@ -9,6 +9,8 @@
 #   3. info          `scratchgpt info --json`: the cuda backend must see the GPU  (60 s)
 #   4. cuda tests    the kernel, executor and model test files, -m cuda,
 #                    SCRATCH_SYNC_LAUNCH=1 so a fault names its kernel            (240 s)
+#   4b. nccl         a 1-rank NCCL communicator runs the data-parallel gradient reduction
+#                    and ZeRO-1's all-gather on a small model (distributed.py)   (90 s)
 #   5. sanitizer     compute-sanitizer memcheck + racecheck on a small model step (100 s each)
 #   6. benchmarks    benchmarks/gpu_bench.sh in the time left
 # Results in $OUT: device_check.log, summary.json (each step's status, exit code and seconds),
@@ -195,6 +197,15 @@ EOF
     return $rc
 }
 
+# ------------------------------------------------------------------------------------- 4b. nccl
+nccl() {
+    [ -e "$OUT/.gpu" ] || skip "no GPU (the emulated device has no NCCL: tests/test_distributed.py runs the path on a stand-in)"
+    python3 -m scratchgpt.distributed nccl-check | tee "$OUT/nccl.json"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 2 ] && skip "NCCL is not installed (pip install nvidia-nccl-cu13)"
+    return $rc
+}
+
 # --------------------------------------------------------------------------- 5. compute-sanitizer
 sanitizer() {
     [ -e "$OUT/.gpu" ] || skip "no GPU"
@@ -218,12 +229,13 @@ benchmarks() {
     benchmarks/gpu_bench.sh "$OUT" "$budget"
 }
 
-export -f machine build report cuda_tests sanitizer benchmarks
+export -f machine build report cuda_tests nccl sanitizer benchmarks
 rm -f "$OUT/.gpu" "$OUT/.skip_reason" "$OUT/pytest.json" "$OUT/info.json"
 run_step machine 30 machine
 run_step build 300 build
 run_step info 60 report
 run_step "cuda tests" "${DC_TESTS_TIMEOUT:-240}" cuda_tests
+run_step nccl 90 nccl
 run_step compute-sanitizer 220 sanitizer
 STEP_LIMIT="$(left)"; export STEP_LIMIT
 run_step benchmarks "$STEP_LIMIT" benchmarks

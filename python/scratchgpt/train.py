@@ -5,6 +5,7 @@ gradient accumulation, periodic validation and atomic checkpoints.
     scratchgpt train --data input.txt --out runs/shakespeare --max-steps 2000
     scratchgpt train --resume runs/shakespeare --max-steps 4000
     scratchgpt train --precision bf16                    # bf16 storage, fp32 masters
+    mpiexec -n 2 scratchgpt train --batch-size 8         # data parallel: = --grad-accum 2
 
 Everything a run needs to continue is in its checkpoints (weights, AdamW moments and step,
 the data sampler's and dropout's RNG state), so N steps in one go and N/2 + --resume + N/2
@@ -31,7 +32,7 @@ import time
 
 import numpy as np
 
-from . import memory
+from . import distributed, memory
 from .checkpoint import (list_checkpoints, load_model, load_optimizer, read_config, read_state,
                          save_checkpoint)
 from .cli import (ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_float,
@@ -41,7 +42,6 @@ from .data import (BatchSampler, default_corpus_files, is_shard, load_split, pre
                    read_documents, shard_paths, text_files)
 from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
 from .model import GPT
-from .optim import AdamW
 from .precision import PRECISIONS, LossScaleUnderflow, MixedPrecision, check_supported
 from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
@@ -50,10 +50,10 @@ SIZE_FLAGS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropou
 SMALL_PRESET_BPE_VOCAB = 320
 # what --resume may change; everything else comes from the checkpoint
 RESUMABLE = ("max_steps", "eval_interval", "eval_iters", "ckpt_interval", "json", "progress",
-             "backend", "keep")
+             "backend", "keep") + distributed.RESUMABLE
 
 
-class TrainingDiverged(ScratchError, RuntimeError):
+class TrainingDiverged(ScratchError, RuntimeError, distributed.SameOnEveryRank):
     """A NaN or Inf loss or gradient; the checkpoints written before it are kept."""
 
 
@@ -138,6 +138,7 @@ def add_arguments(p):
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    distributed.add_arguments(p)
 
 
 def add_precision_arguments(p, scaler=True):
@@ -404,27 +405,35 @@ class StopOnSignal:
 
 
 # ------------------------------------------------------------------------------ training
-def train_step(model, mp, sampler, args, lr):
+def train_step(model, mp, sampler, args, lr, dp=None):
     """One optimizer step over grad_accum micro-batches: (mean loss, gradient norm or None,
     skipped). Precision enters here and only here: mp.backward scales the loss gradient (fp16),
     mp.step unscales, skips a step whose gradients are not finite (fp16), or steps the fp32
     masters and refreshes the model's bf16 / fp16 copy. The gradients live only here, so the
-    next step's forward starts without them."""
-    loss_sum, grads = 0.0, None
-    for _ in range(args.grad_accum):
-        x, y = sampler.next_batch()
+    next step's forward starts without them. Data parallelism enters here too (dp,
+    distributed.py): each rank runs its grad_accum of the dp.size * grad_accum micro-batches,
+    dp.reduce sums the gradients across the ranks in a fixed order."""
+    dp = dp or distributed.DataParallel()
+    accum = dp.global_accum(args.grad_accum)
+    losses, grads = [], None
+    for x, y in dp.micro_batches(sampler, model, args.grad_accum):
         _, loss = model.forward(x, y)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            return loss, None, False
-        g = mp.backward(loss_weight=1.0 / args.grad_accum)
+        losses.append(float(loss))
+        if not math.isfinite(losses[-1]):
+            break
+        g = mp.backward(loss_weight=1.0 / accum)
         if grads is None:
             grads = g
         else:
             for k in grads:
                 grads[k] += g[k]
         del g
-        loss_sum += loss / args.grad_accum
+    losses, grads = dp.reduce(losses, grads, args.grad_accum)
+    loss_sum = 0.0
+    for loss in losses:
+        if not math.isfinite(loss):
+            return loss, None, False
+        loss_sum += loss / accum
     norm, skipped = mp.step(grads, lr=lr, max_grad_norm=args.grad_clip or None)
     return loss_sum, None if norm is None else float(norm), skipped
 
@@ -435,8 +444,11 @@ def train(args, extra_docs=()):
     anything is allocated when the run does not fit here, Interrupted after SIGINT / SIGTERM
     (with a checkpoint of the last finished step)."""
     ckpt, resume_cfg = None, None
+    dp = distributed.join(args)                   # one process, or a rank under mpiexec
     if args.resume:
         args, ckpt, resume_cfg = _restore_args(args, getattr(args, "_defaults", {}))
+    dp.fit_accumulation(args)
+    args.progress = args.progress and dp.is_writer
     if args.lr_decay_steps is None:
         args.lr_decay_steps = args.max_steps
     for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "eval_interval",
@@ -451,6 +463,7 @@ def train(args, extra_docs=()):
         raise UsageError(f"the {backend} kernels run in float32", f"--dtype {args.dtype}",
                          "--dtype float32, or --backend numpy")
     check_precision_args(args, backend)
+    dp.use_device(backend)
     out = args.out
 
     # memory first: a run that cannot fit is refused before any data is read or written
@@ -460,8 +473,9 @@ def train(args, extra_docs=()):
     # the tokenizer is trained to the preset's (or --vocab-size's) size; a resumed run asks
     # for the same, so it finds the cached data of its first run
     os.makedirs(out, exist_ok=True)
-    tok, train_tokens, val_tokens = prepare_run_data(args, vocab, os.path.join(out, "data"),
-                                                     extra_docs)
+    with dp.rank0_first("data preparation"):
+        tok, train_tokens, val_tokens = prepare_run_data(args, vocab, os.path.join(out, "data"),
+                                                         extra_docs)
     cfg = resume_cfg or build_config(args, tok.vocab_size if tok is not None else None)
     check_memory(args, cfg, backend)              # the tokenizer's vocabulary is known now
     if tok is not None and tok.vocab_size > cfg.vocab_size:
@@ -489,8 +503,8 @@ def train(args, extra_docs=()):
         model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed,
                     precision=args.precision)
         state = {"step": 0}
-    opt = AdamW(model.params, model.be, lr=args.lr, betas=(args.beta1, args.beta2),
-                weight_decay=args.weight_decay)
+    opt = dp.optimizer(model.params, model.be, getattr(args, "zero", 0), lr=args.lr,
+                       betas=(args.beta1, args.beta2), weight_decay=args.weight_decay)
     mp = MixedPrecision(model, opt, growth_interval=args.loss_scale_interval)
     if ckpt is not None:
         load_optimizer(ckpt, opt, state)
@@ -502,11 +516,15 @@ def train(args, extra_docs=()):
     log(args, f"model: {cfg.num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_embd} wide, "
         f"context {cfg.block_size}, vocab {cfg.vocab_size}); backend {backend} {describe(model)}; "
         f"{len(train_tokens):,} train / {len(val_tokens):,} val tokens"
-        + (f"; resuming at step {start}" if ckpt is not None else ""))
+        + (f"; resuming at step {start}" if ckpt is not None else "") + dp.describe())
 
     saved = {"step": None}
 
     def checkpoint(step):
+        if not dp.is_writer:                       # rank 0 writes; the others take part
+            dp.take_part_in_save(opt)
+            saved["step"] = step
+            return os.path.join(out, f"ckpt_{step:06d}")
         saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "_defaults")}
         run_state = {"args": saved_args, "data_rng": sampler.state_dict(),
                      "train_loss": history[-1].get("loss") if history else None,
@@ -518,7 +536,7 @@ def train(args, extra_docs=()):
         return path
 
     from tqdm import tqdm
-    tokens_per_step = args.batch_size * args.grad_accum * cfg.block_size
+    tokens_per_step = args.batch_size * dp.global_accum(args.grad_accum) * cfg.block_size
     bar = tqdm(total=args.max_steps, initial=start, disable=not args.progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     first_loss = None
@@ -530,7 +548,7 @@ def train(args, extra_docs=()):
             for step in range(start, args.max_steps):
                 t0 = time.perf_counter()
                 lr = lr_at(step, args)
-                loss_sum, norm, skipped = train_step(model, mp, sampler, args, lr)
+                loss_sum, norm, skipped = train_step(model, mp, sampler, args, lr, dp)
                 if not skipped and (norm is None or not math.isfinite(norm)):
                     raise _NonFinite(step)         # a non-finite loss, or update just applied
                 step_time += time.perf_counter() - t0
@@ -553,6 +571,7 @@ def train(args, extra_docs=()):
                 bar.update(1)
                 if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
                     checkpoint(step + 1)
+                stop.signum = dp.first(stop.signum)       # one rank's signal stops every rank
                 if stop.signum is not None:
                     path = (os.path.join(out, f"ckpt_{step + 1:06d}")
                             if saved["step"] == step + 1 else checkpoint(step + 1))
@@ -593,7 +612,8 @@ def describe(model):
 
 
 def run(args):
-    summary = train(args)
+    with distributed.ending_all_ranks_on_error():
+        summary = train(args)
     msg = (f"done: {summary['steps']} steps, val loss {summary['final_val_loss']:.4f}, "
            f"{summary['tokens_per_s']:.0f} tokens/s" if summary["tokens_per_s"] else
            f"done: nothing to run (the run is at step {summary['steps']})")

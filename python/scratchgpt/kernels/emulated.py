@@ -651,6 +651,10 @@ class Stream(_Current):
     def __init__(self, null=False, non_blocking=False, ptr=0):
         self.ptr = ptr
 
+    @property
+    def done(self):          # cupy.cuda.Stream.done: every launch has already completed
+        return True
+
 
 class Event:
     def __init__(self, block=False, disable_timing=False, interprocess=False):
