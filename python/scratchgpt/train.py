@@ -286,11 +286,19 @@ def evaluate(model, tokens, args, batch_size):
     return float(np.mean(losses))
 
 
-def plot_losses(history, path):
-    """The loss curve (train per step, val where measured) as a PNG."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend. Training imports it before the loop: an import
+    cut short by a second SIGINT leaves a half-initialised module whose next import (the
+    checkpoint's plot on the way out) fails with an ImportError instead of the interrupt."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_losses(history, path):
+    """The loss curve (train per step, val where measured) as a PNG."""
+    plt = _pyplot()
     steps = [h["step"] for h in history if "loss" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], lw=1, label="train")
@@ -543,6 +551,7 @@ def train(args, extra_docs=()):
     val_loss = None
     step_time, steps_timed = 0.0, 0
     model.train()
+    _pyplot()
     with StopOnSignal(out) as stop:
         try:
             for step in range(start, args.max_steps):
