@@ -287,7 +287,7 @@ def evaluate(model, tokens, args, batch_size):
 
 
 def _pyplot():
-    """matplotlib's pyplot on the Agg backend. Training imports it before the loop: an import
+    """matplotlib's pyplot on the Agg backend. Training imports it before it starts: an import
     cut short by a second SIGINT leaves a half-initialised module whose next import (the
     checkpoint's plot on the way out) fails with an ImportError instead of the interrupt."""
     import matplotlib
@@ -521,6 +521,7 @@ def train(args, extra_docs=()):
     start = int(state["step"])
     history_path = os.path.join(out, "log.jsonl")
     history = read_history(history_path, start) if ckpt is not None else []
+    _pyplot()
     log(args, f"model: {cfg.num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_embd} wide, "
         f"context {cfg.block_size}, vocab {cfg.vocab_size}); backend {backend} {describe(model)}; "
         f"{len(train_tokens):,} train / {len(val_tokens):,} val tokens"
@@ -551,7 +552,6 @@ def train(args, extra_docs=()):
     val_loss = None
     step_time, steps_timed = 0.0, 0
     model.train()
-    _pyplot()
     with StopOnSignal(out) as stop:
         try:
             for step in range(start, args.max_steps):
