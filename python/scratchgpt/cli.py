@@ -31,6 +31,7 @@ COMMANDS = (
     "scratchgpt.sample",
     "scratchgpt.finetune",
     "scratchgpt.bench",
+    "scratchgpt.scaling",
 )
 
 
