@@ -32,7 +32,7 @@ def test_fit_recovers_exact_parameters_from_noiseless_points():
     assert fit.b == pytest.approx(TRUE["b"], rel=1e-5)
     assert fit.c == pytest.approx(TRUE["c"], rel=1e-5)
     assert fit.rms < 1e-6
-    assert fit.warnings == []
+    assert fit.warnings == [] and fit.notes == []
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -69,7 +69,7 @@ def test_fit_reports_a_flat_sweep_instead_of_a_trend():
 def test_fit_reports_when_no_floor_is_resolved():
     fit = fit_power_law(COMPUTE, law(COMPUTE, a=50.0, b=0.1, c=0.0))
     assert fit.c < 1e-5 and fit.b == pytest.approx(0.1, rel=1e-5)
-    assert any("floor c is at 0" in w for w in fit.warnings)
+    assert any("floor c is at 0" in n for n in fit.notes) and fit.warnings == []
 
 
 def test_fit_reports_an_exponent_at_its_bound():
@@ -204,7 +204,7 @@ def test_tiny_sweep_end_to_end_json_plot_and_reuse(capsys, text_file, tmp_path):
     assert s["within_5_percent"] == (abs(s["relative_error"]) <= 0.05)
     refit = fit_power_law([r["compute"] for r in runs], [r["val_loss"] for r in runs])
     assert (refit.a, refit.b, refit.c) == (a, b, c)
-    assert s["trustworthy"] == (not s["warnings"])
+    assert s["trustworthy"] == (not s["warnings"]) and isinstance(s["notes"], list)
     assert s["bootstrap"]["requested"] == 100 and 0 < s["bootstrap"]["used"] <= 100
     lo, hi = s["predicted_interval_95"]
     assert lo <= hi and all(math.isfinite(v) for v in (lo, hi, s["measured_loss"]))

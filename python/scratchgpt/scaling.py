@@ -61,13 +61,15 @@ class FitError(ScratchError, ValueError):
 # ------------------------------------------------------------------------------ the fit
 @dataclass
 class PowerLawFit:
-    """L(C) = a * C^-b + c, fitted to n points; `warnings` says why it may not be trusted."""
+    """L(C) = a * C^-b + c, fitted to n points. `warnings` say why it cannot be trusted;
+    `notes` are caveats that leave it usable (the floor c not resolved: a pure power law)."""
     a: float
     b: float
     c: float
     rms: float                    # root-mean-square residual, in the loss's units
     n: int
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     def predict(self, compute):
         return self.a * np.asarray(compute, dtype=np.float64) ** -self.b + self.c
@@ -160,27 +162,29 @@ def fit_power_law(compute, loss, b_bounds=B_BOUNDS, grid=400):
     a = float(A * math.exp(b * log_ref)) if A > 0 else 0.0
     fit = PowerLawFit(a=a, b=float(b), c=float(c), rms=float(math.sqrt(s / len(loss))),
                       n=len(loss))
-    fit.warnings = _fit_warnings(fit, A, c_hi, b_bounds, len(np.unique(compute)))
+    fit.warnings, fit.notes = _fit_warnings(fit, A, c_hi, b_bounds, len(np.unique(compute)))
     return fit
 
 
 def _fit_warnings(fit, A, c_hi, b_bounds, distinct):
-    w = []
+    """(warnings, notes) of a fit."""
+    w, notes = [], []
     if distinct < MIN_RUNS:
         w.append(f"{distinct} distinct compute values for 3 parameters: the curve passes "
                  "through the points and says nothing about its error")
     if A <= 0:
         w.append("the loss does not fall with compute (a = 0): there is no trend to extrapolate")
-        return w
+        return w, notes
     if fit.b <= b_bounds[0] * 1.01 or fit.b >= b_bounds[1] / 1.01:
         w.append(f"the exponent b = {fit.b:.3g} is at the end of its range {b_bounds}")
     if fit.c <= 1e-3 * c_hi:
-        w.append("the floor c is at 0: the sweep does not resolve an irreducible loss, and "
-                 "a pure power law may overshoot the gain at larger compute")
+        notes.append("the floor c is at 0: the sweep does not resolve an irreducible loss, so "
+                     "the fit is a pure power law, which overshoots the gain once the loss "
+                     "starts to level off")
     elif fit.c >= c_hi * (1 - 1e-9):
         w.append("the floor c equals the best measured loss: the sweep has already flattened, "
                  "so no further gain can be predicted")
-    return w
+    return w, notes
 
 
 @dataclass
@@ -571,6 +575,7 @@ def sweep(args):
         "within_5_percent": abs(rel) <= 0.05,
         "trustworthy": not warnings,
         "warnings": warnings,
+        "notes": fit.notes,
         "compute_ratio": ratio,
         "bootstrap": {"requested": boot.requested, "used": boot.used},
         "runs": [asdict(r) for r in runs],
@@ -597,6 +602,8 @@ def report(args, s):
         _log(args, "the fit is NOT trustworthy:")
         for w in s["warnings"]:
             _log(args, f"  - {w}")
+    for note in s["notes"]:
+        _log(args, f"note: {note}")
     _log(args, f"plot: {s['plot']}; runs in {os.path.join(s['out'], 'runs')}")
 
 
