@@ -3,6 +3,7 @@ end to end (nano-sized models for a few dozen steps each on tests/corpus.py's te
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_default_sweep_extrapolates_4_to_10x_along_one_tokens_per_parameter_ray(
     """The default plan, without data (the vocabulary of its 512-token BPE is all it needs)."""
     args = parse_args([])
     runs, target = plan_sweep(args, "unused", 512)
-    assert [f"{r.n_layer}x{r.n_embd}" for r in runs] == list(DEFAULT_SIZES)
+    assert [r.label for r in runs] == list(DEFAULT_SIZES)
+    assert target.label == "4x128x4"                     # the mini preset's shape
     assert all(a.compute < b.compute for a, b in zip(runs, runs[1:]))
     assert 4 <= target.compute / runs[-1].compute <= 10
     for r in runs + [target]:
@@ -184,6 +186,18 @@ def test_a_target_below_the_sweep_is_refused(capsys, text_file, tmp_path):
     assert json.loads(out.strip().splitlines()[-1])["exit_code"] == 2
 
 
+def test_token_counts_that_round_to_the_same_batches_are_the_same_run(capsys, text_file,
+                                                                       tmp_path):
+    """2990 and 3000 tokens are both 47 batches of 4 x 16."""
+    argv = tiny_sweep(text_file, tmp_path)
+    i = argv.index("--sizes")
+    argv[i + 1:i + 6] = ["1x8", "1x8", "1x12", "1x16", "2x16"]
+    argv[argv.index("--tokens") + 1:argv.index("--tokens") + 2] = ["2990", "3000", "3k", "3k",
+                                                                   "3k"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and "listed twice" in err and "--sizes / --tokens" in err
+
+
 def test_tiny_sweep_end_to_end_json_plot_and_reuse(capsys, text_file, tmp_path):
     code, out, err = run_cli(capsys, *tiny_sweep(text_file, tmp_path))
     assert code == 0, err
@@ -216,8 +230,14 @@ def test_tiny_sweep_end_to_end_json_plot_and_reuse(capsys, text_file, tmp_path):
     # with --json the report goes to stderr, so stdout's last line is the JSON alone
     assert "relative error" in err and f"measured {s['measured_loss']:.4f}" in err
 
-    # again: every run is reused, the numbers are the same
-    code, out2, err2 = run_cli(capsys, *tiny_sweep(text_file, tmp_path))
+    # again, from a copy of the folder: every run is reused, the numbers are the same
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    shutil.copytree(tmp_path, moved)
+    code, out2, err2 = run_cli(capsys, *tiny_sweep(text_file, moved))
     s2 = json.loads(out2.strip().splitlines()[-1])
     assert code == 0 and "reused" in err2
     assert s2["measured_loss"] == s["measured_loss"] and s2["fit"] == s["fit"]
+    # other data (another validation split) in the same folder: nothing is reused
+    code, out3, err3 = run_cli(capsys, *tiny_sweep(text_file, moved, "--val-fraction", "0.2"))
+    assert code == 0 and "reused" not in err3
+    assert json.loads(out3.strip().splitlines()[-1])["measured_loss"] != s["measured_loss"]

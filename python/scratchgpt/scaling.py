@@ -40,10 +40,11 @@ import numpy as np
 from .cli import ArgumentParser, nonneg_int, open_fraction, positive_float, positive_int
 from .errors import ScratchError, UsageError
 
-# The default family: width and depth grow together, and each run sees TOKENS_PER_PARAM
-# tokens per parameter, so compute grows ~N^2 along one ray of (N, D) (docs/scaling.md says why).
-DEFAULT_SIZES = ("2x32", "2x48", "2x64", "3x64", "3x80", "3x96")
-DEFAULT_TARGET = "4x128"          # the `mini` preset's shape: ~4.7x the compute of 3x96
+# The default family: the `mini` preset's depth and heads (4 layers, 4 heads), the width grows,
+# and each run sees TOKENS_PER_PARAM tokens per parameter, so compute grows ~N^2 along one ray
+# of (N, D) (docs/scaling.md says why, and what a family that also changed depth did).
+DEFAULT_SIZES = ("4x24x4", "4x32x4", "4x40x4", "4x48x4", "4x64x4", "4x80x4")
+DEFAULT_TARGET = "4x128x4"        # the `mini` preset itself: ~5.5x the compute of 4x80
 TOKENS_PER_PARAM = 4
 HEAD_DIM = 32                     # default heads: C / 32 (mini's 4 heads of 32)
 MIN_RUNS = 4                      # three parameters, and at least one degree of freedom
@@ -301,15 +302,16 @@ def _train_argv(args, data_dir, shape, steps, out):
             "--seed", str(args.seed), "--backend", args.backend, "--out", out, "--no-progress"]
 
 
-def plan_run(args, data_dir, tok_vocab, shape, tokens, name):
+def plan_run(args, data_dir, tok_vocab, shape, tokens, prefix=""):
     """The Run for a shape trained on `tokens` tokens (rounded up to whole batches), with its
-    compute from the exact config train() will build."""
+    compute from the exact config train() will build; named by its shape and tokens."""
     from .train import build_config, parse_args as parse_train_args
     per_step = args.batch_size * args.block_size
     steps = max(1, math.ceil(tokens / per_step))
     targs = parse_train_args(_train_argv(args, data_dir, shape, steps, "unused"))
     cfg = build_config(targs, tok_vocab)
     fpt = cfg.flops_per_token()
+    name = f"{prefix}{shape[0]}x{shape[1]}x{shape[2]}_{steps * per_step}"
     return Run(name=name, n_layer=shape[0], n_embd=shape[1], n_head=shape[2], steps=steps,
                tokens=steps * per_step, params=cfg.num_params(), flops_per_token=fpt,
                compute=float(fpt) * steps * per_step)
@@ -334,11 +336,31 @@ def prepare_sweep_data(args, data_dir):
     return (tok.vocab_size if tok is not None else None), len(train_tokens), len(val_tokens)
 
 
+def _same_run(saved, argv, source):
+    """The same training arguments on the same data (the text, tokenizer and split that
+    data/source.json records), wherever the sweep's folder is: a moved sweep reuses its runs."""
+    def paths_out(a):
+        a = list(a or ())
+        for flag in ("--out", "--data"):
+            if flag in a:
+                del a[a.index(flag):a.index(flag) + 2]
+        return a
+    return (isinstance(saved, dict) and saved.get("data_source") == source
+            and paths_out(saved.get("argv")) == paths_out(argv))
+
+
+def data_source(data_dir):
+    """What train's data cache says the shards in data_dir were made from."""
+    with open(os.path.join(data_dir, "source.json")) as f:
+        return json.load(f)
+
+
 def train_run(args, data_dir, run, out, on_step):
-    """Train one run (or reuse its finished result in out/summary.json when the run and the
-    arguments are the same) and fill in val_loss, seconds and tokens_per_s."""
+    """Train one run (or reuse its finished result in out/summary.json when the run, its
+    arguments and its data are the same) and fill in val_loss, seconds and tokens_per_s."""
     from .train import parse_args as parse_train_args, train
     argv = _train_argv(args, data_dir, (run.n_layer, run.n_embd, run.n_head), run.steps, out)
+    source = data_source(data_dir)
     summary_path = os.path.join(out, "summary.json")
     if os.path.isfile(summary_path):
         try:
@@ -346,7 +368,7 @@ def train_run(args, data_dir, run, out, on_step):
                 saved = json.load(f)
         except (OSError, json.JSONDecodeError):
             saved = None
-        if saved and saved.get("argv") == argv and saved.get("compute") == run.compute:
+        if _same_run(saved, argv, source) and saved.get("compute") == run.compute:
             run.val_loss, run.seconds, run.tokens_per_s = (saved["val_loss"], saved["seconds"],
                                                            saved["tokens_per_s"])
             on_step(run.steps, None, reused=True)
@@ -365,7 +387,7 @@ def train_run(args, data_dir, run, out, on_step):
         raise ScratchError(f"run {run.name} ended with validation loss {run.val_loss}", out,
                            "a finite loss (a lower --lr)")
     with open(summary_path + ".tmp", "w") as f:
-        json.dump({"argv": argv, **asdict(run)}, f, indent=1)
+        json.dump({"argv": argv, "data_source": source, **asdict(run)}, f, indent=1)
     os.replace(summary_path + ".tmp", summary_path)
     return run
 
@@ -479,15 +501,14 @@ def plan_sweep(args, data_dir, vocab):
         args.tokens * len(sizes) if len(args.tokens) == 1 else args.tokens
     runs = []
     for shape, n_tok in zip(sizes, tokens):
-        name = f"{shape[0]}x{shape[1]}x{shape[2]}"
-        probe = plan_run(args, data_dir, vocab, shape, 1, name)
-        n_tok = TOKENS_PER_PARAM * probe.params if n_tok is None else n_tok
-        runs.append(plan_run(args, data_dir, vocab, shape, n_tok, f"{name}_{n_tok}"))
+        if n_tok is None:
+            n_tok = TOKENS_PER_PARAM * plan_run(args, data_dir, vocab, shape, 1).params
+        runs.append(plan_run(args, data_dir, vocab, shape, n_tok))
     names = [r.name for r in runs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise UsageError(f"run {twice[0]} is listed twice", "--sizes / --tokens",
-                         "each (size, tokens) pair once")
+        raise UsageError(f"run {twice[0]} is listed twice (tokens count in whole batches)",
+                         "--sizes / --tokens", "each (size, tokens) pair once")
     runs.sort(key=lambda r: r.compute)
     distinct = len({r.compute for r in runs})
     if distinct < MIN_RUNS:
@@ -495,15 +516,14 @@ def plan_sweep(args, data_dir, vocab):
                          f"at least {MIN_RUNS} different values of size x tokens")
     largest = runs[-1]
     t_shape = args.target
-    t_name = f"{t_shape[0]}x{t_shape[1]}x{t_shape[2]}"
-    t_probe = plan_run(args, data_dir, vocab, t_shape, 1, t_name)
+    t_probe = plan_run(args, data_dir, vocab, t_shape, 1)
     if args.target_tokens is not None:
         t_tok = args.target_tokens
     elif args.tokens is not None and len(args.tokens) == 1:
         t_tok = args.tokens[0]                                   # the fixed-tokens family
     else:                                                        # the same tokens per parameter
         t_tok = round(t_probe.params * largest.tokens / largest.params)
-    target = plan_run(args, data_dir, vocab, t_shape, t_tok, f"target_{t_name}_{t_tok}")
+    target = plan_run(args, data_dir, vocab, t_shape, t_tok, "target_")
     if target.compute <= largest.compute:
         raise UsageError(f"the target's compute {target.compute:.3g} FLOPs is not above the "
                          f"sweep's largest {largest.compute:.3g}", "--target / --target-tokens",
