@@ -179,9 +179,10 @@ def _fit_warnings(fit, A, c_hi, b_bounds, distinct):
     if fit.b <= b_bounds[0] * 1.01 or fit.b >= b_bounds[1] / 1.01:
         w.append(f"the exponent b = {fit.b:.3g} is at the end of its range {b_bounds}")
     if fit.c <= 1e-3 * c_hi:
-        notes.append("the floor c is at 0: the sweep does not resolve an irreducible loss, so "
-                     "the fit is a pure power law, which overshoots the gain once the loss "
-                     "starts to level off")
+        notes.append("the floor c is at 0: the sweep resolves no irreducible loss, so the "
+                     "fit is a pure power law, a straight line on log-log axes; a bend of the "
+                     "true curve beyond the sweep (levelling off, or steepening while the runs "
+                     "leave their initial plateau) is not in it")
     elif fit.c >= c_hi * (1 - 1e-9):
         w.append("the floor c equals the best measured loss: the sweep has already flattened, "
                  "so no further gain can be predicted")
@@ -458,8 +459,8 @@ def plot_scaling(runs, target, fit, boot, path):
                 mfc="none", label=f"predicted {target.label}: {pred:.3f}")
     if target.val_loss is not None:
         ax.plot([target.compute], [target.val_loss], "*", color="C3", ms=12,
-                label=f"measured {target.label}: {target.val_loss:.3f} "
-                      f"({(pred - target.val_loss) / target.val_loss:+.1%})")
+                label=f"measured {target.label}: {target.val_loss:.3f} (prediction "
+                      f"{(pred - target.val_loss) / target.val_loss:+.1%} off)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute C (FLOPs, flops_per_token × tokens)")
