@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scratchgpt import cli
-from scratchgpt.scaling import (B_BOUNDS, DEFAULT_SIZES, MIN_RUNS, FitError, bootstrap_fit,
+from scratchgpt.scaling import (B_BOUNDS, DEFAULT_SIZES, FitError, bootstrap_fit,
                                 fit_power_law, parse_args, plan_sweep)
 
 TRUE = dict(a=2.0e3, b=0.3, c=1.8)          # L(C) = 2000 C^-0.3 + 1.8: 3.8 .. 2.1 over 1e10..1e13

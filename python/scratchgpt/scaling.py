@@ -1,6 +1,6 @@
 """`scratchgpt scaling`: predict a run's loss from a sweep of smaller runs, then run it.
 
-    scratchgpt scaling                                    # the default sweep (~15 min, 2 cores)
+    scratchgpt scaling                                    # the default (~12 min, 2 idle cores)
     scratchgpt scaling --sizes 2x32 2x48 2x64 3x64 --tokens 200k 350k 560k 760k --target 3x96
     scratchgpt scaling --sizes 1x32 2x32 2x48 2x64 3x64 --tokens 1M      # same tokens for all
     scratchgpt scaling --json                             # last line: a JSON summary
@@ -15,7 +15,7 @@ loss the validation loss at the end.
 The final losses are fitted with L(C) = a * C^-b + c by least squares (NumPy only: for each b
 the best a, c solve a bounded linear problem exactly, and b is searched globally on a grid and
 refined), and the fit's uncertainty comes from a bootstrap over the runs. The fit predicts the
-loss of --target (default: the next size of the family, at 4-10x the sweep's largest compute),
+loss of --target (default: the mini preset's shape, 5.5x the sweep's largest compute),
 which is then trained the same way; the summary gives the prediction, the measurement and the
 relative error, and OUT/scaling.png the log-log plot. A fit that cannot be trusted (b or c on
 a bound, too few runs, a bootstrap interval too wide to mean anything) says so and why.
