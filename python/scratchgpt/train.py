@@ -430,11 +430,11 @@ def train_step(model, mp, sampler, args, lr):
 
 
 def train(args, extra_docs=(), on_step=None):
-    """Run (or resume) training; returns the summary dict. on_step(step, loss), when given, is
-    called after each optimizer step (scaling.py's sweep drives its own progress bar).
-    Raises TrainingDiverged on a non-finite loss (the checkpoints written before it are kept), NotEnoughMemory before
+    """Run (or resume) training; returns the summary dict. Raises TrainingDiverged on a
+    non-finite loss (the checkpoints written before it are kept), NotEnoughMemory before
     anything is allocated when the run does not fit here, Interrupted after SIGINT / SIGTERM
-    (with a checkpoint of the last finished step)."""
+    (with a checkpoint of the last finished step). on_step(step, loss), when given, is called
+    after each optimizer step (scaling.py's sweep drives its own progress bar)."""
     ckpt, resume_cfg = None, None
     if args.resume:
         args, ckpt, resume_cfg = _restore_args(args, getattr(args, "_defaults", {}))
