@@ -32,6 +32,7 @@ COMMANDS = (
     "scratchgpt.sample",
     "scratchgpt.finetune",
     "scratchgpt.bench",
+    "scratchgpt.scaling",
 )
 
 

@@ -446,11 +446,12 @@ def train_step(model, mp, sampler, args, lr, dp=None):
     return loss_sum, None if norm is None else float(norm), skipped
 
 
-def train(args, extra_docs=()):
+def train(args, extra_docs=(), on_step=None):
     """Run (or resume) training; returns the summary dict. Raises TrainingDiverged on a
     non-finite loss (the checkpoints written before it are kept), NotEnoughMemory before
     anything is allocated when the run does not fit here, Interrupted after SIGINT / SIGTERM
-    (with a checkpoint of the last finished step)."""
+    (with a checkpoint of the last finished step). on_step(step, loss), when given, is called
+    after each optimizer step (scaling.py's sweep drives its own progress bar)."""
     ckpt, resume_cfg = None, None
     dp = distributed.join(args)                   # one process, or a rank under mpiexec
     if args.resume:
@@ -578,6 +579,8 @@ def train(args, extra_docs=()):
                                 **({"scale": f"{mp.loss_scale:g}", "skipped": mp.skipped_steps}
                                    if mp.scaler is not None else {}))
                 bar.update(1)
+                if on_step is not None:
+                    on_step(step + 1, loss_sum)
                 if (step + 1) % args.ckpt_interval == 0 or step + 1 == args.max_steps:
                     checkpoint(step + 1)
                 stop.signum = dp.first(stop.signum)       # one rank's signal stops every rank
