@@ -31,6 +31,8 @@ COMMANDS = (
     "scratchgpt.sample",
     "scratchgpt.finetune",
     "scratchgpt.bench",
+    "scratchgpt.compress",
+    "scratchgpt.eval",
 )
 
 
