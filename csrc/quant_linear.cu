@@ -28,7 +28,9 @@
 //
 // GEMV (decode, M <= 8 rows) — where weight-only quantisation pays: the product is bound by
 //   reading W, and W moves 4x (int8) / ~7x (int4 with its scales and zeros) fewer bytes than fp32.
-//   A warp owns one output column n for all M rows; 4 warps per block. Its 32 lanes walk W's row
+//   A warp owns output columns n (all M rows), one at a time: as many per warp as leave about
+//   264 blocks of 4 warps on a GPU (one column per warp up to N = 1056), or a few blocks per
+//   thread on the host executor (gemv_target_blocks). Its 32 lanes walk W's row
 //   n in 4-byte words (when the row pitch and the pointer allow, else in bytes), word w by lane
 //   w % 32: a warp reads 128 contiguous bytes per step, every byte once. Each lane keeps M
 //   partial sums in registers, the warp adds them with shuffles (warp_sum), lane 0 stores.
@@ -151,35 +153,50 @@ __device__ __forceinline__ void gemv_byte(float (&acc)[kRows], const T* __restri
     }
 }
 
-// kRows: 1 (one token of decode) or kGemvMaxRows (a few sequences at once), M <= kRows.
+// kRows: 1 (one token of decode) or kGemvMaxRows (a few sequences at once), M <= kRows. Each
+// warp owns cols_per_warp consecutive columns, one after the other.
 template <int kBits, bool kWords, int kRows, typename T>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 quant_gemv_kernel(T* __restrict__ out, const T* __restrict__ x, QuantWeights w,
-                  const T* __restrict__ bias, int M, int N) {
+                  const T* __restrict__ bias, int M, int N, int cols_per_warp) {
     const int lane = threadIdx.x & 31;
-    const int n = int(blockIdx.x) * kGemvWarps + (int(threadIdx.x) >> 5);
-    if (n >= N) return;        // the whole warp leaves together: warp_sum below stays full
-    float acc[kRows] = {};
-    if constexpr (kWords) {
-        // pitch % 4 == 0 and q 4-byte aligned (the launcher checks): one 32-bit load per lane
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(w.q + int64_t(n) * w.pitch);
-        for (int word = lane; word < w.pitch / 4; word += 32) {
-            const uint32_t bytes = row[word];          // little-endian: byte j is bits 8j .. 8j + 7
-            SCRATCH_UNROLL
-            for (int j = 0; j < 4; ++j)
-                gemv_byte<kBits, kRows>(acc, x, w, n, word * 4 + j, (bytes >> (8 * j)) & 255u, M);
+    const int first = (int(blockIdx.x) * kGemvWarps + (int(threadIdx.x) >> 5)) * cols_per_warp;
+    for (int c = 0; c < cols_per_warp; ++c) {
+        const int n = first + c;
+        if (n >= N) return;    // the whole warp leaves together: warp_sum below stays full
+        float acc[kRows] = {};
+        if constexpr (kWords) {
+            // pitch % 4 == 0 and q 4-byte aligned (the launcher checks): one 32-bit load per lane
+            const uint32_t* row = reinterpret_cast<const uint32_t*>(w.q + int64_t(n) * w.pitch);
+            for (int word = lane; word < w.pitch / 4; word += 32) {
+                const uint32_t bytes = row[word];          // little-endian: byte j is bits 8j .. 8j + 7
+                SCRATCH_UNROLL
+                for (int j = 0; j < 4; ++j)
+                    gemv_byte<kBits, kRows>(acc, x, w, n, word * 4 + j, (bytes >> (8 * j)) & 255u, M);
+            }
+        } else {
+            const uint8_t* row = w.q + int64_t(n) * w.pitch;
+            for (int b = lane; b < w.pitch; b += 32) gemv_byte<kBits, kRows>(acc, x, w, n, b, row[b], M);
         }
-    } else {
-        const uint8_t* row = w.q + int64_t(n) * w.pitch;
-        for (int b = lane; b < w.pitch; b += 32) gemv_byte<kBits, kRows>(acc, x, w, n, b, row[b], M);
-    }
-    SCRATCH_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-        if (r < M) {      // uniform across the warp: every lane takes part in the shuffles
-            const float sum = warp_sum(acc[r]);
-            if (lane == 0) out[int64_t(r) * N + n] = from_float<T>(sum + (bias ? to_float(bias[n]) : 0.0f));
+        SCRATCH_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+            if (r < M) {      // uniform across the warp: every lane takes part in the shuffles
+                const float sum = warp_sum(acc[r]);
+                if (lane == 0) out[int64_t(r) * N + n] = from_float<T>(sum + (bias ? to_float(bias[n]) : 0.0f));
+            }
         }
     }
+}
+
+// Blocks the GEMV aims for: two per SM of an H100 (132 SMs) on the GPU, where more warps in flight
+// hide the loads' latency; a few per pool thread on the host executor, which pays per block (its
+// fibers) and per shuffle, not per byte, so fewer and longer-lived warps run faster there.
+int gemv_target_blocks() {
+#if defined(SCRATCH_HOST_EXECUTOR)
+    return 4 * host::Pool::instance().threads();
+#else
+    return 264;
+#endif
 }
 
 // ----------------------------------------------------------------------------- dequantize
@@ -284,9 +301,10 @@ void quant_linear_forward(const Tensor& out, const Tensor& x, const Tensor& qwei
                        out.ptr<T>(), x.ptr<T>(), w, b, m, n);
             } else {
                 const bool words = w.pitch % 4 == 0 && is_aligned(w.q, 4);
-                const dim3 grid(unsigned(ceil_div(n, kGemvWarps))), block(kGemvWarps * 32);
+                const int cols = std::max(1, ceil_div(n, kGemvWarps * gemv_target_blocks()));
+                const dim3 grid(unsigned(ceil_div(n, kGemvWarps * cols))), block(kGemvWarps * 32);
                 auto gemv = [&](auto kernel, const char* name) {
-                    launch(name, kernel, grid, block, 0, s, out.ptr<T>(), x.ptr<T>(), w, b, m, n);
+                    launch(name, kernel, grid, block, 0, s, out.ptr<T>(), x.ptr<T>(), w, b, m, n, cols);
                 };
                 if (m == 1 && words) gemv(quant_gemv_kernel<kBits, true, 1, T>, "quant_gemv_kernel<words, 1>");
                 else if (m == 1) gemv(quant_gemv_kernel<kBits, false, 1, T>, "quant_gemv_kernel<bytes, 1>");

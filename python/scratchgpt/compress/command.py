@@ -41,9 +41,6 @@ def target_names(cfg):
 # ---------------------------------------------------------------------------- checks
 def check_args(args, cfg):
     """Every refusal before any work: one UsageError each."""
-    if args.quantize is None and args.prune is None:
-        raise UsageError("nothing to do", "--quantize / --prune", "--quantize int8|int4 and / or "
-                         "--prune S|2:4")
     if args.quantize == "int4":
         widths = sorted({cfg.n_embd, 4 * cfg.n_embd})
         for K in widths:
@@ -58,6 +55,9 @@ def check_args(args, cfg):
     if args.recover_steps and args.prune is None:
         raise UsageError("recovery fine-tunes a pruned model", f"--recover-steps {args.recover_steps}",
                          "--prune S|2:4 as well")
+    if args.quantize is None and args.prune is None:
+        raise UsageError("nothing to do", "--quantize / --prune", "--quantize int8|int4 and / or "
+                         "--prune S|2:4")
     if args.prune_global and (args.prune is None or args.prune[0] != "magnitude"):
         raise UsageError("--global sets one magnitude threshold for all layers", "--global",
                          "--prune S (a fraction) as well")
@@ -74,9 +74,7 @@ def calibration_batches(tokens, n_tokens, block_size, seed=0):
     """n_tokens of training data as [n_tokens / T, T] windows at random (seeded) starts."""
     rows = -(-n_tokens // block_size)
     if len(tokens) < block_size + 1 or len(tokens) < n_tokens:
-        raise UsageError(f"the training split holds {len(tokens)} tokens, fewer than the "
-                         f"{n_tokens} asked for", f"--calib-tokens {n_tokens}",
-                         "at most the training tokens of --data")
+        raise ValueError(f"tokens: {len(tokens)} tokens, fewer than the {n_tokens} asked for")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - block_size, size=rows)
     return np.stack([np.asarray(tokens[s:s + block_size], np.int64) for s in starts])
@@ -239,6 +237,11 @@ def run_compress(args):
         raise UsageError("GPTQ's calibration and recovery read training tokens", "--data",
                          "a folder of token shards (*train*.bin, e.g. RUN/data)")
     train_tokens = ev.load_tokens(data, "train") if needs_train else None
+    if args.method == "gptq" and args.quantize and len(train_tokens) < max(args.calib_tokens,
+                                                                         model.cfg.block_size + 1):
+        raise UsageError(f"the training split holds {len(train_tokens)} tokens, fewer than the "
+                         f"{args.calib_tokens} asked for", f"--calib-tokens {args.calib_tokens}",
+                         f"at most the training tokens of {data}")
     val_tokens = ev.load_tokens(data, "val", tokenizer) if data is not None else None
 
     before = None
