@@ -358,7 +358,8 @@ def register(sub):
     p.add_argument("--recover-steps", type=nonneg_int, default=0,
                    help="after pruning, N steps of masked AdamW on the training tokens "
                    "(before any quantisation)")
-    p.add_argument("--recover-lr", type=positive_float, default=3e-4)
+    p.add_argument("--recover-lr", type=positive_float, default=3e-4,
+                   help="recovery learning rate, constant, no weight decay (default 3e-4)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="recovery batch size")
     p.add_argument("--data", default=None, help="token shards for calibration, recovery and the "
                    "report's loss (default: the checkpoint's run data)")
