@@ -163,6 +163,15 @@ def test_bad_input_is_one_clear_error(run, tmp_path, capsys, flags, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_existing_folder_is_replaced_only_when_it_is_a_compressed_checkpoint(run, tmp_path, capsys):
+    code, out, err = cli(capsys, "compress", "--ckpt", run, "--out", run, "--quantize", "int8")
+    assert code == 2 and "exists and is not a compressed checkpoint" in err, err
+    assert (run / "ckpt_000010" / "model.safetensors").is_file()
+    compress(capsys, run, tmp_path / "again", "--quantize", "int8")
+    compress(capsys, run, tmp_path / "again", "--quantize", "int4", "--group-size", 8)
+    assert json.loads((tmp_path / "again" / "compression.json").read_text())["quantize"] == "int4"
+
+
 def test_an_already_compressed_checkpoint_is_refused(run, tmp_path, capsys):
     compress(capsys, run, tmp_path / "once", "--quantize", "int8")
     code, out, err = cli(capsys, "compress", "--ckpt", tmp_path / "once", "--out", tmp_path / "twice",

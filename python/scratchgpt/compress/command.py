@@ -223,9 +223,11 @@ def run_compress(args):
     model, state, tokenizer, src = load_model(src, backend="numpy", dtype="float32",
                                               precision="fp32")
     check_args(args, model.cfg)
-    if os.path.abspath(args.out) == os.path.abspath(src):
-        raise UsageError("the output would overwrite the source", f"--out {args.out}",
-                         "another folder")
+    out_dir = os.path.expanduser(args.out)
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and
+                                        (not os.listdir(out_dir) or is_compressed(out_dir))):
+        raise UsageError("the folder exists and is not a compressed checkpoint", f"--out {args.out}",
+                         "a new folder, or a compressed checkpoint to replace")
     needs_train = args.method == "gptq" or args.recover_steps
     data = None
     try:
