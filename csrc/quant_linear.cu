@@ -30,12 +30,11 @@
 //   reading W, and W moves 4x (int8) / ~7x (int4 with its scales and zeros) fewer bytes than fp32.
 //   A warp owns output columns n (all M rows), one at a time: as many per warp as leave about
 //   264 blocks of 4 warps on a GPU (one column per warp up to N = 1056), or a few blocks per
-//   thread on the host executor (gemv_target_blocks). Its 32 lanes walk W's row
-//   n in 4-byte words (when the row pitch and the pointer allow, else in bytes), word w by lane
+//   thread on the host executor (gemv_target_blocks). Its 32 lanes walk W's row n in 4-byte words (when the row pitch and the pointer allow, else in bytes), word w by lane
 //   w % 32: a warp reads 128 contiguous bytes per step, every byte once. Each lane keeps M
 //   partial sums in registers, the warp adds them with shuffles (warp_sum), lane 0 stores.
-//   x (M * K values of T) is re-read by every warp, from L1 / L2: it is 8 KiB at most for one
-//   token of a 1024-wide model, while W is K * N * bits / 8.
+//   x (M * K values of T) is re-read by every warp, from L1 / L2: 4 KiB for one fp32 token of a
+//   1024-wide layer, while W is K * N * bits / 8 (512 KiB in int4).
 //
 // quant_linear_dequantize writes W as float32 [N, K] (one thread per element, grid-stride): the
 // tests compare it bit for bit with the reference's dequantisation, and the compress command's
