@@ -12,6 +12,7 @@
 #   4b. nccl         a 1-rank NCCL communicator runs the data-parallel gradient reduction
 #                    and ZeRO-1's all-gather on a small model (distributed.py)   (90 s)
 #   5. sanitizer     compute-sanitizer memcheck + racecheck on a small model step (100 s each)
+#   5b. quant decode benchmarks/quant_decode.py: fp32 / int8 / int4 decode tokens/s (60 s)
 #   6. benchmarks    benchmarks/gpu_bench.sh in the time left
 # Results in $OUT: device_check.log, summary.json (each step's status, exit code and seconds),
 # info.json, ptxas.txt, bench/. The whole script stays under LIMIT_S (default 540 s).
@@ -221,6 +222,15 @@ sanitizer() {
     return $bad
 }
 
+# ------------------------------------------------------------------------ 5b. quantised decode
+# batch-1 decode tokens/s of a gpt2-sized model with fp32 / int8 / int4 weights, and one
+# 4096 x 4096 layer's GEMV (csrc/quant_linear.cu) against the fp32 linear, in weight GB/s
+quant_decode() {
+    [ -e "$OUT/.gpu" ] || skip "no GPU"
+    python3 benchmarks/quant_decode.py --backend cuda --preset gpt2 --tokens 32 --layer 4096 \
+        --repeats 50 --json "$OUT/quant_decode.json"
+}
+
 # --------------------------------------------------------------------------------- 6. benchmarks
 benchmarks() {
     [ -e "$OUT/.gpu" ] || skip "no GPU"
@@ -229,7 +239,7 @@ benchmarks() {
     benchmarks/gpu_bench.sh "$OUT" "$budget"
 }
 
-export -f machine build report cuda_tests nccl sanitizer benchmarks
+export -f machine build report cuda_tests nccl sanitizer quant_decode benchmarks
 rm -f "$OUT/.gpu" "$OUT/.skip_reason" "$OUT/pytest.json" "$OUT/info.json"
 run_step machine 30 machine
 run_step build 300 build
@@ -237,6 +247,7 @@ run_step info 60 report
 run_step "cuda tests" "${DC_TESTS_TIMEOUT:-240}" cuda_tests
 run_step nccl 90 nccl
 run_step compute-sanitizer 220 sanitizer
+run_step "quantised decode" 60 quant_decode
 STEP_LIMIT="$(left)"; export STEP_LIMIT
 run_step benchmarks "$STEP_LIMIT" benchmarks
 for s in "${STEPS[@]}"; do

@@ -310,6 +310,33 @@ PYBIND11_MODULE(_host, m) {
           },
           "dx"_a, "dweight"_a, "dbias"_a, "workspace"_a, "dout"_a, "x"_a, "weight"_a,
           "version"_a = 2, "stream"_a = 0);
+    // ------------------------------------------------------------------------ quant_linear.cu
+    m.def("quant_linear_forward",
+          [](py::object out, py::object x, py::object qweight, py::object scale, py::object zero,
+             py::object bias, int bits, int group_size, int version, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_x = as_tensor(x, "x"),
+                     t_q = as_tensor(qweight, "qweight"), t_s = as_tensor(scale, "scale"), t_z, t_b;
+              if (!zero.is_none()) t_z = as_tensor(zero, "zero");
+              if (!bias.is_none()) t_b = as_tensor(bias, "bias");
+              py::gil_scoped_release nogil;
+              k::quant_linear_forward(t_out, t_x, t_q, t_s, zero.is_none() ? nullptr : &t_z,
+                                      bias.is_none() ? nullptr : &t_b, bits, group_size, version,
+                                      as_stream(stream));
+          },
+          "out"_a, "x"_a, "qweight"_a, "scale"_a, "zero"_a, "bias"_a, "bits"_a, "group_size"_a,
+          "version"_a = 0, "stream"_a = 0);
+    m.def("quant_linear_gemv_max_rows", &k::quant_linear_gemv_max_rows);
+    m.def("quant_linear_dequantize",
+          [](py::object out, py::object qweight, py::object scale, py::object zero, int bits,
+             int group_size, uintptr_t stream) {
+              Tensor t_out = as_tensor(out, "out"), t_q = as_tensor(qweight, "qweight"),
+                     t_s = as_tensor(scale, "scale"), t_z;
+              if (!zero.is_none()) t_z = as_tensor(zero, "zero");
+              py::gil_scoped_release nogil;
+              k::quant_linear_dequantize(t_out, t_q, t_s, zero.is_none() ? nullptr : &t_z, bits,
+                                         group_size, as_stream(stream));
+          },
+          "out"_a, "qweight"_a, "scale"_a, "zero"_a, "bits"_a, "group_size"_a, "stream"_a = 0);
     m.attr("GELU_TANH") = int(k::kGeluTanh);
     m.attr("GELU_EXACT") = int(k::kGeluExact);
     m.def("gelu_forward",

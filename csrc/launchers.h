@@ -37,6 +37,20 @@ void linear_backward(const Tensor& dx, const Tensor& dweight, const Tensor* dbia
                      const Tensor& workspace, const Tensor& dout, const Tensor& x,
                      const Tensor& weight, int version, Stream stream);
 
+// ------------------------------------------------------------------------- quant_linear.cu
+// out [..., N] = x [..., K] W^T (+ bias [N]; may be null) with W dequantised in registers from
+// bits = 8: qweight [N, K] (int8 bits as uint8), scale [N], zero null; or bits = 4: qweight
+// [N, K / 2] uint8 (two per byte, even k low), scale [N, K / G] float32, zero [N, K / G] uint8,
+// G = group_size even and dividing K. x, bias, out: float32, bfloat16 (uint16 bits) or float16.
+// version: 0 = auto (GEMV up to quant_linear_gemv_max_rows() rows, else GEMM), 1 = GEMM, 2 = GEMV.
+void quant_linear_forward(const Tensor& out, const Tensor& x, const Tensor& qweight, const Tensor& scale,
+                          const Tensor* zero, const Tensor* bias, int bits, int group_size, int version,
+                          Stream stream);
+int quant_linear_gemv_max_rows();
+// out float32 [N, K] = the dequantised W (bit-identical to the kernels' values).
+void quant_linear_dequantize(const Tensor& out, const Tensor& qweight, const Tensor& scale,
+                             const Tensor* zero, int bits, int group_size, Stream stream);
+
 // --------------------------------------------------------------------------------- gelu.cu
 enum GeluMode : int { kGeluTanh = 0, kGeluExact = 1 };   // approximate="tanh" / "none"
 // out may be x itself (in place); dx may be dout or x itself.

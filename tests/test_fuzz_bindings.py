@@ -19,7 +19,7 @@ from scratchgpt.reference import layernorm as ref_layernorm
 
 # bound functions that are not launchers over arrays (sizes, info, the executor's and the
 # tensor-core wrappers' own test kernels)
-NOT_LAUNCHERS = {"info", "exec_test_misuse"}
+NOT_LAUNCHERS = {"info", "exec_test_misuse", "quant_linear_gemv_max_rows"}
 ERRORS = (TypeError, ValueError)
 
 
@@ -72,6 +72,21 @@ def exercise(ops, rng):
     ops["adamw"].clip_by_global_norm([grad, f(5)], 0.1)
 
 
+def exercise_quant_linear(rt, rng):
+    """quant_linear (not a training op, so not in REGISTRY): int4 through the GEMM and the GEMV
+    with a bias, int8 without, and the dequantisation."""
+    from scratchgpt.kernels.quant_linear import QuantLinear
+    from scratchgpt.reference import quant_linear as ql
+    op = QuantLinear(rt)
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    q4, q8 = ql.quantize_rtn(w, 4, 8), ql.quantize_rtn(w, 8)
+    for rows in (9, 2):
+        op.forward(rng.standard_normal((rows, 16)).astype(np.float32), q4,
+                   rng.standard_normal(6).astype(np.float32))
+    op.forward(rng.standard_normal((2, 16)).astype(np.float32), q8)
+    op.dequantize(q4)
+
+
 @pytest.fixture(scope="module")
 def recorded():
     if not backend_status("host")["available"]:
@@ -80,6 +95,7 @@ def recorded():
     recorder = Recorder(rt.lib)
     rt.lib = recorder
     exercise({name: cls(rt) for name, cls in REGISTRY.items()}, np.random.default_rng(0))
+    exercise_quant_linear(rt, np.random.default_rng(1))
     return Recorded(Runtime("host").lib, recorder.calls)
 
 

@@ -289,6 +289,10 @@ def load_model(path, backend="numpy", dtype=None, precision=None):
             dtype = state.get("dtype", "float32") if precision == "fp32" else "float32"
         model = GPT(cfg, backend=backend, dtype=dtype, precision=precision)
         tensors = read_tensors(weights)
+        quantized = None
+        if os.path.isfile(os.path.join(ckpt, "compression.json")):   # scratchgpt compress's
+            from .compress import decompress
+            tensors, quantized = decompress(ckpt, tensors)
         try:
             model.load_params(tensors)
         except ValueError as e:
@@ -296,6 +300,9 @@ def load_model(path, backend="numpy", dtype=None, precision=None):
                                f"the tensors of a {cfg.n_layer}-layer, {cfg.n_embd}-wide model "
                                f"with vocabulary {cfg.vocab_size}") from None
         del tensors
+        if quantized:
+            from .compress import attach
+            attach(model, quantized)
         model.dropout_seed = int(state.get("dropout_seed", 0))
         model.dropout_step = int(state.get("dropout_step", 0))
     tokenizer = load_tokenizer(ckpt) if find_tokenizer_files(ckpt) else None

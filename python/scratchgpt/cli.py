@@ -33,6 +33,8 @@ COMMANDS = (
     "scratchgpt.finetune",
     "scratchgpt.bench",
     "scratchgpt.scaling",
+    "scratchgpt.compress",
+    "scratchgpt.eval",
 )
 
 

@@ -108,6 +108,13 @@ class GPT:
             model.sync_lowp()
         return model
 
+    @classmethod
+    def load(cls, path, backend="numpy", dtype=None, precision=None):
+        """A GPT from a checkpoint or run folder written by train (or by compress: quantised
+        linears then run through quant_linear), or from a Hugging Face GPT-2 / GPT-1 folder."""
+        from .checkpoint import load_model
+        return load_model(path, backend=backend, dtype=dtype, precision=precision)[0]
+
     def save_pretrained(self, path):
         """Write a Hugging Face GPT-2 (pre-LN) or GPT-1 (post-LN) folder."""
         from .hf import save_pretrained
