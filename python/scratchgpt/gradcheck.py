@@ -92,6 +92,11 @@ def _op_cases(rng):
         "residual": (ref.residual.forward, ref.residual.backward, [x.copy(), rng.standard_normal(x.shape)],
                      ["a", "b"]),
     }
+    H = 4       # gru: a whole sequence through the recurrence, the initial state included
+    cases["gru"] = (ref.gru.forward, ref.gru.backward,
+                    [x.copy(), rng.standard_normal((B, H)), 0.5 * rng.standard_normal((3 * H, C)),
+                     0.5 * rng.standard_normal((3 * H, H)), rng.standard_normal(3 * H),
+                     rng.standard_normal(3 * H)], ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"])
     qkv = rng.standard_normal((B, T, 3 * 6))
     for label, n_head, window in (("causal, 1 head", 1, None), ("causal, 3 heads", 3, None),
                                   ("banded w=2", 2, 2), ("banded w=1", 3, 1), ("banded w>=T", 2, T)):
@@ -197,7 +202,7 @@ def register(sub):
     p = sub.add_parser("gradcheck", help="finite-difference check of every op and the whole model")
     p.add_argument("ops", nargs="*", metavar="OP",
                    help="ops to check (embedding, layernorm, linear, gelu, attention, softmax_xent, "
-                        "dropout, residual, model); default: all")
+                        "dropout, residual, gru, model); default: all")
     p.add_argument("--per-tensor", type=int, default=None, metavar="K",
                    help="check K random entries of each model parameter instead of all of them")
     p.add_argument("--json", action="store_true", help="print one JSON object")

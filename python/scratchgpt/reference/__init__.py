@@ -3,9 +3,9 @@
 One module per op, each with `forward(...) -> (out, cache)` and `backward(dout, cache)`.
 They are the ground truth every kernel is tested against (docs/gradients/ derives each).
 """
-from . import adamw, attention, dropout, embedding, gelu, layernorm, linear, residual, softmax_xent
+from . import adamw, attention, dropout, embedding, gelu, gru, layernorm, linear, residual, softmax_xent
 
 OPS = ("embedding", "layernorm", "linear", "gelu", "attention", "softmax_xent", "dropout",
-       "residual", "adamw")
+       "residual", "adamw", "gru")
 
 __all__ = list(OPS)
