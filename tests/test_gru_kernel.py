@@ -62,12 +62,17 @@ def test_weights_too_large_for_shared_memory(kernel_runtime):
     check_recurrence(kernel_runtime, 5, 2, H, 7, tol=1e-4)
 
 
-@pytest.mark.parametrize("kind,tol", [("bf16", 2e-2), ("fp16", 4e-3)])
-def test_16bit_storage(kernel_runtime, kind, tol):
+@pytest.mark.parametrize("kind", ["bf16", "fp16"])
+def test_16bit_storage(kernel_runtime, kind):
     """bf16 / fp16 storage: every array of the recurrence is T, the state carried from step to
-    step is h_t rounded to T. Against float64 on the same T-rounded inputs; each step rounds h and
-    each stored gate once (relative u_T = 2^-8 / 2^-11), and T = 4 steps carry at most 4 such
-    roundings of the state forward, so the tolerance is 4-5 u_T on the relative norm."""
+    step is h_t rounded to T, sums and activations are float32. Against float64 on the same
+    T-rounded inputs (which rounds nothing in between), on the relative norm, in units of T's unit
+    roundoff u_T (2^-8, 2^-11): each output is one rounding off (about 0.6 u_T measured for h and
+    the gates), plus what the rounded states and gates read back carry through the steps. That
+    part grows with T and is not derived here: at T <= 4 we measured at most 2.3 u_T (dh0), at
+    T = 16 about 9 u_T in bf16; the test allows 4 u_T with T <= 4."""
+    from kernelutil import UNIT_ROUNDOFF
+    tol = 4 * UNIT_ROUNDOFF[kind]
     check_recurrence(kernel_runtime, 6, 4, 24, 3, kind=kind, tol=tol)
     H = kernel_runtime.lib.gru_shared_u_limit(2) + 1       # the global-memory path in 16 bits
     check_recurrence(kernel_runtime, 2, 2, H, 4, kind=kind, tol=tol)
