@@ -258,7 +258,7 @@ void gru_backward(const Tensor& dxp, const Tensor& dhp, const Tensor& dh0, const
                   Stream stream) {
     dispatch_storage(dh, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        for (const Tensor* t : {&h, &gates, &h0, &w_hh}) expect_storage<T>(*t, dh);
+        for (const Tensor* t : {&dh, &h, &gates, &h0, &w_hh}) expect_storage<T>(*t, dh);
         for (const Tensor* t : {&dxp, &dhp, &dh0}) expect_storage_output<T>(*t, dh);
         const Dims d = check_dims(h, w_hh);
         expect_same_shape(dh, h);
