@@ -84,12 +84,17 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+GRU_RUN = ("--arch", "gru", "--tokenizer", "char", "--preset", "nano", "--n-layer", "1",
+           "--n-embd", "12", "--block-size", "16", "--batch-size", "4", "--eval-interval", "15",
+           "--lr", "1e-2", "--lr-decay-steps", "30", "--backend", "numpy", "--no-progress")
+
+
 def test_train_and_sample_cli(tmp_path, text_file):
+    """Train, sample, and resume: 15 steps + --resume to 30 gives the 30-step run's weights."""
+    from safetensors.numpy import load_file
     run = str(tmp_path / "gru")
-    r = _cli("train", "--arch", "gru", "--data", str(text_file), "--tokenizer", "char",
-             "--preset", "nano", "--n-layer", "1", "--n-embd", "12", "--block-size", "16",
-             "--max-steps", "30", "--batch-size", "4", "--eval-interval", "15", "--lr", "1e-2",
-             "--backend", "numpy", "--out", run, "--no-progress", "--json", cwd=tmp_path)
+    r = _cli("train", *GRU_RUN, "--data", str(text_file), "--max-steps", "30", "--out", run,
+             "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["final_val_loss"] < summary["first_loss"] - 0.3
@@ -99,6 +104,14 @@ def test_train_and_sample_cli(tmp_path, text_file):
     assert r.returncode == 0, r.stderr
     sample = json.loads(r.stdout)["samples"][0]
     assert len(sample) == 40
+    half = str(tmp_path / "half")
+    for args in (("--data", str(text_file), "--max-steps", "15", "--out", half),
+                 ("--max-steps", "30", "--resume", half)):
+        r = _cli("train", *(GRU_RUN if args[0] == "--data" else ("--no-progress",)), *args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    a = load_file(os.path.join(run, "ckpt_000030", "model.safetensors"))
+    b = load_file(os.path.join(half, "ckpt_000030", "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
     r = _cli("train", "--arch", "gru", "--n-head", "2", "--data", str(text_file), "--out", run,
              cwd=tmp_path)
     assert r.returncode == 2 and "--n-head 2 does not apply to the GRU model" in r.stderr
