@@ -112,6 +112,10 @@ def test_train_and_sample_cli(tmp_path, text_file):
     a = load_file(os.path.join(run, "ckpt_000030", "model.safetensors"))
     b = load_file(os.path.join(half, "ckpt_000030", "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("good\t1\nbad\t0\n" * 5)
+    r = _cli("finetune", "--ckpt", run, "--data", str(tsv), "--out", str(tmp_path / "ft"), cwd=tmp_path)
+    assert r.returncode == 2 and "fine-tuning takes a GPT" in r.stderr, r.stderr
     r = _cli("train", "--arch", "gru", "--n-head", "2", "--data", str(text_file), "--out", run,
              cwd=tmp_path)
     assert r.returncode == 2 and "--n-head 2 does not apply to the GRU model" in r.stderr
