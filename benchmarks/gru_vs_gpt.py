@@ -1,15 +1,18 @@
 """GRU vs GPT on the default corpus: the same parameter count, the same tokens, the same optimizer.
 
-    PYTHONPATH=python python3 benchmarks/gru_vs_gpt.py --steps 600 --out runs/gru_vs_gpt \
-        --docs docs/gru_vs_gpt
+    PYTHONPATH=python python3 benchmarks/gru_vs_gpt.py --steps 600 --gpt-lrs 1e-3,2e-3,3.5e-3,6e-3 \
+        --gru-lrs 2e-3,6e-3,1.2e-2,2.4e-2 --out runs/gru_vs_gpt --docs docs/gru_vs_gpt
 
-1. `scratchgpt train --preset mini` (the GPT: 4 layers, 128 wide, 875,264 parameters) on the
-   default corpus, which also tokenizes it;
-2. `scratchgpt train --arch gru --n-layer 4 --n-embd 180` (874,440 parameters) on the GPT run's
-   own token shards, with the same seed: the sampler draws the very same windows, step by step;
-3. both final checkpoints scored on the same held-out windows, loss per context position
-   (position t predicts token t+1 from t+1 tokens of context; both models start each window
-   empty: no KV cache, a zero GRU state).
+For each model, at each of its peak learning rates (--gpt-lrs, --gru-lrs; the rest of the
+schedule as `scratchgpt train`'s defaults):
+- `scratchgpt train --preset mini` (the GPT: 4 layers, 128 wide, 875,264 parameters); the first
+  run tokenizes the default corpus, every other run reads its token shards;
+- `scratchgpt train --arch gru --n-layer 4 --n-embd 180` (874,440 parameters).
+With one seed, every run draws the very same 16 x 128 windows, step by step. Then the best run
+of each model (lowest final validation loss) is scored on the same held-out windows, loss per
+context position (position t predicts token t+1 from t+1 tokens of context; both models start
+each window empty: no KV cache, a zero GRU state), and both models' training throughput is
+measured in alternation (whatever else loads the machine loads both alike).
 
 Writes OUT/summary.json and, in --docs, gru_vs_gpt_loss.png (validation loss vs step and vs
 training time) and gru_vs_gpt_position.png (loss vs context position). Timings are the training
@@ -32,6 +35,7 @@ from scratchgpt.checkpoint import load_model  # noqa: E402
 from scratchgpt.data import BatchSampler, load_split  # noqa: E402
 
 GRU_SIZE = ("--n-layer", "4", "--n-embd", "180")
+BASE_LR = "2e-3"           # scratchgpt train's default
 
 
 def load_average():
@@ -115,37 +119,51 @@ def binned(loss):
             for lo, hi in BINS if hi <= len(loss)}
 
 
-def plot(results, positions, docs):
+def plot(results, best, positions, docs):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     os.makedirs(docs, exist_ok=True)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
+    colours = {"GPT": "tab:blue", "GRU": "tab:orange"}
+    fig, (s, a, b) = plt.subplots(1, 3, figsize=(15, 4))
+    for arch in ("GPT", "GRU"):
+        runs = sorted(((float(k.split(" lr ")[1]), r) for k, r in results.items() if k.startswith(arch)),
+                      key=lambda x: x[0])
+        s.plot([lr for lr, _ in runs], [r["summary"]["final_val_loss"] for _, r in runs], "o-",
+               color=colours[arch], label=f"{arch} ({runs[0][1]['summary']['params']:,} params)")
+        r = results[best[arch]]
         val = [h for h in r["history"] if "val_loss" in h]
-        label = f"{name} ({r['summary']['params']:,} params)"
-        a.plot([h["step"] for h in val], [h["val_loss"] for h in val], "o-", ms=3, label=label)
-        b.plot([h["train_s"] for h in val], [h["val_loss"] for h in val], "o-", ms=3, label=label)
+        style = dict(color=colours[arch], marker="o", ms=3, label=best[arch])
+        a.plot([h["step"] for h in val], [h["val_loss"] for h in val], **style)
+        b.plot([h["train_s"] for h in val], [h["val_loss"] for h in val], **style)
+    s.set_xscale("log")
+    s.set_xlabel("peak learning rate")
+    s.set_ylabel("final validation loss (nats/token)")
+    s.set_title("600 steps at each learning rate")
     a.set_xlabel("step (16 x 128 tokens)")
-    b.set_xlabel("training time (s, 2-core CPU, NumPy float32)")
-    for ax in (a, b):
-        ax.set_ylabel("validation loss (nats/token)")
+    b.set_xlabel("training time (s, shared 2-core CPU, NumPy float32)")
+    a.set_title("each model at its best learning rate")
+    b.set_title("the same runs against training time")
+    for ax in (s, a, b):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("GRU vs GPT on the default corpus: same parameters, same tokens")
+    for ax in (a, b):
+        ax.set_ylabel("validation loss (nats/token)")
+    fig.suptitle("GRU vs GPT on the default corpus: same parameters, same tokens, same optimizer")
     fig.tight_layout()
     fig.savefig(os.path.join(docs, "gru_vs_gpt_loss.png"), dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, loss in positions.items():
-        line, = ax.plot(np.arange(1, len(loss) + 1), loss, lw=0.8, alpha=0.5)
+        line, = ax.plot(np.arange(1, len(loss) + 1), loss, lw=0.8, alpha=0.5,
+                        color={"GPT": "tab:blue", "GRU": "tab:orange"}[name.split()[0]])
         centres = [np.sqrt(lo * hi) for lo, hi in BINS if hi <= len(loss)]
         ax.plot(centres, list(binned(loss).values()), "o-", color=line.get_color(),
                 label=f"{name} (dots: means over 1, 2-4, 5-16, 17-64, 65-128)")
     ax.set_xscale("log")
     ax.set_xlabel("tokens of context (position + 1)")
     ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("Loss vs context position (final checkpoints)")
+    ax.set_title("Loss vs context position (final checkpoints, each model at its best lr)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -156,31 +174,46 @@ def plot(results, positions, docs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--gpt-lrs", default="1e-3,2e-3,3.5e-3,6e-3",
+                   help="the GPT's peak learning rates, comma-separated (default 1e-3,2e-3,3.5e-3,6e-3)")
+    p.add_argument("--gru-lrs", default="2e-3,6e-3,1.2e-2,2.4e-2",
+                   help="the GRU's peak learning rates (default 2e-3,6e-3,1.2e-2,2.4e-2); the comparison "
+                   "by position takes each model at its best")
     p.add_argument("--eval-interval", type=int, default=50)
     p.add_argument("--eval-iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--batch-size", type=int, default=16, help="of the position evaluation")
-    p.add_argument("--position-batches", type=int, default=40)
+    p.add_argument("--position-batches", type=int, default=100)
     p.add_argument("--out", default="runs/gru_vs_gpt")
     p.add_argument("--docs", default="docs/gru_vs_gpt")
     p.add_argument("--reuse", action="store_true", help="keep the training runs already in --out "
                    "(their result.json); evaluate, time and plot again")
     args = p.parse_args()
-    results = {"GPT": train("gpt", [], args)}
-    data = os.path.join(args.out, "gpt", "data")          # the GRU reads the GPT's own shards
-    results["GRU"] = train("gru", ["--arch", "gru", *GRU_SIZE, "--data", data], args)
+    # the GPT at train's default learning rate runs first and tokenizes; the others read its shards
+    data = os.path.join(args.out, "gpt", "data")
+    results = {f"GPT lr {BASE_LR}": train("gpt", ["--lr", BASE_LR], args)}
+    for arch, lrs in (("GPT", args.gpt_lrs), ("GRU", args.gru_lrs)):
+        for lr in lrs.split(","):
+            if (arch, lr) == ("GPT", BASE_LR):
+                continue
+            name = arch.lower() + ("" if lr == BASE_LR else f"_lr{lr}")
+            extra = ["--lr", lr, "--data", data] + (["--arch", "gru", *GRU_SIZE] if arch == "GRU" else [])
+            results[f"{arch} lr {lr}"] = train(name, extra, args)
+    best = {arch: min((k for k in results if k.startswith(arch)),
+                      key=lambda k: results[k]["summary"]["final_val_loss"]) for arch in ("GPT", "GRU")}
     val = load_split(data, "val")
-    positions = {name: position_losses(r["summary"]["checkpoint"], val, args)
-                 for name, r in results.items()}
-    plot(results, positions, args.docs)
+    positions = {best[arch]: position_losses(results[best[arch]]["summary"]["checkpoint"], val, args)
+                 for arch in ("GPT", "GRU")}
+    plot(results, best, positions, args.docs)
     summary = {name: {"params": r["summary"]["params"], "final_val_loss": r["summary"]["final_val_loss"],
                       "tokens_per_s": r["summary"]["tokens_per_s"], "train_s": r["history"][-1]["train_s"],
                       "tokens": args.steps * 16 * 128, "wall_s": r["wall_s"],
                       "load_average_before": r["load_before"], "load_average_after": r["load_after"],
-                      "position_loss": [float(v) for v in positions[name]],
-                      "position_loss_bins": binned(positions[name]),
                       "val_curve": [(h["step"], h["train_s"], h["val_loss"]) for h in r["history"] if "val_loss" in h]}
                for name, r in results.items()}
+    for name, loss in positions.items():
+        summary[name].update(position_loss=[float(v) for v in loss], position_loss_bins=binned(loss))
+    summary["best"] = best
     before = load_average()
     summary["throughput_alternating"] = {**throughput(args), "load_average_before": before,
                                          "load_average_after": load_average()}
