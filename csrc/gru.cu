@@ -17,7 +17,8 @@
 // staged in shared memory ONCE per block and stay there for all T steps (kUShared); the state of
 // the block's rows lives in shared memory too (float, [kRows][H]), each value read by all H
 // threads as a broadcast. Larger U is read from global memory at every step (through L1 / L2:
-// the same 3H * H values for every step and block).
+// the same 3H * H values for every step and block; in the forward thread j walks row j, so a
+// warp's loads are H apart: a fallback that works for any H <= 1024, not a tuned path).
 //   forward: U is staged transposed, Ut[k][g H + j], so that at each k the threads j read
 //     consecutive words (no bank conflicts); thread j accumulates its 3 gate rows for its kRows
 //     rows in 12 registers: 3 kRows H FMAs per step, each U value loaded once per 4 rows.
