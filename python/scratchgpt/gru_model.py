@@ -91,6 +91,16 @@ def init_params(cfg, seed=0):
     return params
 
 
+def gru_op(be):
+    """The gru op of a backend: reference.gru on numpy, csrc/gru.cu's wrapper on host / cuda. (Not
+    in the backends' op table, which holds the GPT's ops and their mixed-precision wrapping.)"""
+    from . import reference
+    if be.name == "numpy":
+        return reference.gru
+    from .kernels import REGISTRY, Runtime
+    return REGISTRY["gru"](Runtime(be.name))
+
+
 class GRULM:
     def __init__(self, cfg, backend="numpy", dtype=None, seed=0, precision="fp32"):
         if not isinstance(cfg, GRUConfig):
@@ -105,6 +115,7 @@ class GRULM:
         self.cfg, self.backend, self.precision = cfg, backend, precision
         self.dtype = np.dtype(dtype)
         self.be = get_backend(backend)
+        self.gru = gru_op(self.be)
         self.act_dtype = self.dtype
         self.params = {k: self.be.xp.asarray(v.astype(self.dtype))
                        for k, v in init_params(cfg, seed).items()}
@@ -159,7 +170,7 @@ class GRULM:
         caches, new_states = [], []
         for i in range(self.cfg.n_layer):
             g = f"gru.{i}."
-            x, c = be.gru.forward(x, states[i], P[g + "weight_ih"], P[g + "weight_hh"],
+            x, c = self.gru.forward(x, states[i], P[g + "weight_ih"], P[g + "weight_hh"],
                                   P[g + "bias_ih"], P[g + "bias_hh"])
             caches.append(c)
             new_states.append(be.xp.ascontiguousarray(x[:, -1]))
@@ -196,7 +207,7 @@ class GRULM:
         for i in reversed(range(self.cfg.n_layer)):
             g = f"gru.{i}."
             dx, _, grads[g + "weight_ih"], grads[g + "weight_hh"], grads[g + "bias_ih"], \
-                grads[g + "bias_hh"] = be.gru.backward(dx, caches["layers"][i])
+                grads[g + "bias_hh"] = self.gru.backward(dx, caches["layers"][i])
         dwte, _ = be.embedding.backward(dx, caches["embedding"])   # the zero table's gradient: unused
         grads["wte.weight"] = be.residual.forward(dwte_head, dwte)[0]   # tied: both uses
         return {k: grads[k] for k in self.params}
