@@ -361,6 +361,29 @@ PYBIND11_MODULE(_host, m) {
           },
           "out"_a, "a"_a, "b"_a, "stream"_a = 0);
 
+    // ------------------------------------------------------------------------------ gru.cu
+    m.def("gru_forward",
+          [](py::object h, py::object gates, py::object xp, py::object h0, py::object w_hh,
+             py::object b_hh, uintptr_t stream) {
+              Tensor t_h = as_tensor(h, "h"), t_g = as_tensor(gates, "gates"), t_xp = as_tensor(xp, "xp"),
+                     t_h0 = as_tensor(h0, "h0"), t_w = as_tensor(w_hh, "w_hh"), t_b = as_tensor(b_hh, "b_hh");
+              py::gil_scoped_release nogil;
+              k::gru_forward(t_h, t_g, t_xp, t_h0, t_w, t_b, as_stream(stream));
+          },
+          "h"_a, "gates"_a, "xp"_a, "h0"_a, "w_hh"_a, "b_hh"_a, "stream"_a = 0);
+    m.def("gru_backward",
+          [](py::object dxp, py::object dhp, py::object dh0, py::object dh, py::object h,
+             py::object gates, py::object h0, py::object w_hh, uintptr_t stream) {
+              Tensor t_dxp = as_tensor(dxp, "dxp"), t_dhp = as_tensor(dhp, "dhp"),
+                     t_dh0 = as_tensor(dh0, "dh0"), t_dh = as_tensor(dh, "dh"), t_h = as_tensor(h, "h"),
+                     t_g = as_tensor(gates, "gates"), t_h0 = as_tensor(h0, "h0"),
+                     t_w = as_tensor(w_hh, "w_hh");
+              py::gil_scoped_release nogil;
+              k::gru_backward(t_dxp, t_dhp, t_dh0, t_dh, t_h, t_g, t_h0, t_w, as_stream(stream));
+          },
+          "dxp"_a, "dhp"_a, "dh0"_a, "dh"_a, "h"_a, "gates"_a, "h0"_a, "w_hh"_a, "stream"_a = 0);
+    m.def("gru_shared_u_limit", &k::gru_shared_u_limit, "itemsize"_a);
+
     // ------------------------------------------------------------------------ attention.cu
     m.def("attention_forward",
           [](py::object y, py::object lse, py::object qkv, int n_head, int window, uintptr_t stream) {

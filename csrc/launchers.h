@@ -50,6 +50,19 @@ int quant_linear_gemv_max_rows();
 // out float32 [N, K] = the dequantised W (bit-identical to the kernels' values).
 void quant_linear_dequantize(const Tensor& out, const Tensor& qweight, const Tensor& scale,
                              const Tensor* zero, int bits, int group_size, Stream stream);
+// ---------------------------------------------------------------------------------- gru.cu
+// The recurrence of a GRU layer (the input projections xp = x W_ih^T + b_ih come from linear).
+// xp [B, T, 3H], h0 [B, H], w_hh [3H, H], b_hh [3H] -> h [B, T, H], gates [B, T, 4, H]
+// (r, z, n and hp_n per step, kept for the backward).
+void gru_forward(const Tensor& h, const Tensor& gates, const Tensor& xp, const Tensor& h0,
+                 const Tensor& w_hh, const Tensor& b_hh, Stream stream);
+// dh [B, T, H] -> dxp [B, T, 3H], dhp [B, T, 3H] (dL/d(W_hh h_{t-1} + b_hh), for dW_hh and db_hh
+// by linear's weight gradient), dh0 [B, H].
+void gru_backward(const Tensor& dxp, const Tensor& dhp, const Tensor& dh0, const Tensor& dh,
+                  const Tensor& h, const Tensor& gates, const Tensor& h0, const Tensor& w_hh,
+                  Stream stream);
+// The largest hidden size whose W_hh the kernels keep in shared memory, for storage of itemsize bytes.
+int64_t gru_shared_u_limit(int64_t itemsize);
 
 // --------------------------------------------------------------------------------- gelu.cu
 enum GeluMode : int { kGeluTanh = 0, kGeluExact = 1 };   // approximate="tanh" / "none"

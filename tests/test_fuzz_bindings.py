@@ -19,7 +19,7 @@ from scratchgpt.reference import layernorm as ref_layernorm
 
 # bound functions that are not launchers over arrays (sizes, info, the executor's and the
 # tensor-core wrappers' own test kernels)
-NOT_LAUNCHERS = {"info", "exec_test_misuse", "quant_linear_gemv_max_rows"}
+NOT_LAUNCHERS = {"info", "exec_test_misuse", "quant_linear_gemv_max_rows", "gru_shared_u_limit"}
 ERRORS = (TypeError, ValueError)
 
 
@@ -70,6 +70,8 @@ def exercise(ops, rng):
     p, grad, m, v = f(4, 3), f(4, 3), f(4, 3), np.abs(f(4, 3))
     ops["adamw"].update(p, grad, m, v, 2, 1e-2, 0.9, 0.95, 1e-8, 0.1)
     ops["adamw"].clip_by_global_norm([grad, f(5)], 0.1)
+    hs, cache = ops["gru"].forward(f(B, T, C), f(B, 3), f(9, C), f(9, 3), f(9), f(9))
+    ops["gru"].backward(f(B, T, 3), cache)
 
 
 def exercise_quant_linear(rt, rng):

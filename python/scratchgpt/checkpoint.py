@@ -229,6 +229,9 @@ def read_config(ckpt_dir):
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     data = _read_json(path, WRITTEN_BY)
     try:
+        if isinstance(data, dict) and data.get("arch") == "gru":
+            from .gru_model import GRUConfig
+            return GRUConfig.from_dict(data)
         return GPTConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise BadFileError(f"not a model configuration: {e}", path, WRITTEN_BY) from None
@@ -267,6 +270,13 @@ def read_tensors(path, what=WRITTEN_BY):
         raise BadFileError(f"not a readable safetensors file: {e}", path, what) from None
 
 
+def model_class(cfg):
+    """GPT, or the GRU language model for a GRUConfig (gru_model.py)."""
+    from .gru_model import GRULM, is_gru
+    from .model import GPT
+    return GRULM if is_gru(cfg) else GPT
+
+
 def load_model(path, backend="numpy", dtype=None, precision=None):
     """(model, state, tokenizer or None, folder) from a checkpoint or run folder, or from a
     Hugging Face GPT-2 / GPT-1 folder (state is then empty). precision: the checkpoint's
@@ -287,7 +297,7 @@ def load_model(path, backend="numpy", dtype=None, precision=None):
         precision = precision or state.get("precision", "fp32")
         if dtype is None:
             dtype = state.get("dtype", "float32") if precision == "fp32" else "float32"
-        model = GPT(cfg, backend=backend, dtype=dtype, precision=precision)
+        model = model_class(cfg)(cfg, backend=backend, dtype=dtype, precision=precision)
         tensors = read_tensors(weights)
         quantized = None
         if os.path.isfile(os.path.join(ckpt, "compression.json")):   # scratchgpt compress's

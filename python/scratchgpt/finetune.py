@@ -277,6 +277,9 @@ def check_memory(args, backend):
     run checks its own memory in train())."""
     cfg = model_config(args.ckpt) if args.ckpt else build_config(pretrain_args(args))
     model = f"--ckpt {args.ckpt}" if args.ckpt else f"--preset {args.preset}"
+    if getattr(cfg, "arch", "gpt") != "gpt":
+        raise UsageError(f"fine-tuning takes a GPT; this checkpoint holds the {cfg.arch.upper()} "
+                         "language model", model, "a checkpoint of scratchgpt train (--arch gpt)")
 
     def estimate(batch):
         return memory.training_estimate(cfg, batch, backend, "float32", precision=args.precision)

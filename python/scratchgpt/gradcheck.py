@@ -234,6 +234,12 @@ def op_cases(dims=None, seed=0):
         Case("residual", "residual", lambda m, *a, xp=np: m.forward(*a),
              [x.copy(), rng.standard_normal(x.shape)], ["a", "b"],
              {2: ("dL/da", grad(0)), 3: ("dL/db", grad(1))}),
+        # a whole sequence through the recurrence, the initial state included (H = 4)
+        Case("gru", "gru", lambda m, *a, xp=np: m.forward(*a),
+             [x.copy(), rng.standard_normal((B, 4)), 0.5 * rng.standard_normal((12, C)),
+              0.5 * rng.standard_normal((12, 4)), rng.standard_normal(12), rng.standard_normal(12)],
+             ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"],
+             {15: ("dL/dw_hh", grad(3)), 16: ("dL/db_hh", grad(5))}),
     ]
     qkv = rng.standard_normal((B, T, 3 * Ca))
     for label, n_head, window in (("causal, 1 head", 1, None), ("causal, 3 heads", 3, None),
@@ -749,7 +755,7 @@ def register(sub):
     p = sub.add_parser("gradcheck", help="finite-difference check of every op and the whole model")
     p.add_argument("ops", nargs="*", metavar="OP",
                    help="ops to check (embedding, layernorm, linear, gelu, attention, softmax_xent, "
-                        "dropout, residual, adamw, model); default: all")
+                        "dropout, residual, adamw, gru, model); default: all")
     p.add_argument("--per-tensor", type=int, default=None, metavar="K",
                    help="check K random entries of each model parameter instead of all of them")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -21,6 +21,7 @@ from . import memory
 from .checkpoint import load_model, model_config
 from .cli import nonneg_float, nonneg_int, positive_int, top_p_type
 from .errors import UsageError
+from .gru_model import is_gru, sampling_estimate as gru_sampling_estimate
 from .precision import check_supported
 from .train import add_precision_arguments, resolve_backend
 
@@ -50,6 +51,8 @@ def check_memory(cfg, args, backend, dtype="float32", precision="fp32"):
     prompt = len(args.prompt.encode("utf-8"))
 
     def estimate(n):
+        if is_gru(cfg):
+            return gru_sampling_estimate(cfg, n, prompt, backend, dtype)
         return memory.sampling_estimate(cfg, n, prompt, args.max_new_tokens, backend, dtype,
                                         precision=precision)
     memory.check(estimate(args.num_samples), f"--ckpt {args.ckpt} --num-samples "

@@ -33,15 +33,15 @@ import time
 import numpy as np
 
 from . import distributed, memory
-from .checkpoint import (list_checkpoints, load_model, load_optimizer, read_config, read_state,
-                         save_checkpoint)
+from .checkpoint import (list_checkpoints, load_model, load_optimizer, model_class, read_config,
+                         read_state, save_checkpoint)
 from .cli import (ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_float,
                   positive_int, probability)
 from .config import PRESETS, GPTConfig
 from .data import (BatchSampler, default_corpus_files, is_shard, load_split, prepare_data,
                    read_documents, shard_paths, text_files)
 from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
-from .model import GPT
+from .gru_model import gru_config, is_gru, training_estimate as gru_training_estimate
 from .precision import PRECISIONS, LossScaleUnderflow, MixedPrecision, check_supported
 from .tokenizer import BPE_MIN_VOCAB, find_tokenizer_files, load_tokenizer, train_tokenizer
 
@@ -102,6 +102,9 @@ def add_model_arguments(p):
 
 def add_arguments(p):
     add_model_arguments(p)
+    p.add_argument("--arch", default="gpt", choices=("gpt", "gru"),
+                   help="gpt (default), or gru: the GRU language model (gru_model.py) with "
+                   "--n-layer GRU layers of --n-embd units; --n-head does not apply")
     p.add_argument("--data", help="text file, folder of text files, or folder of .bin shards "
                    "(default: the Python standard library's .py sources on this machine)")
     p.add_argument("--tokenizer", default="bpe",
@@ -186,6 +189,8 @@ def tokenizer_vocab_size(args):
 def build_config(args, vocab_size=None):
     """The preset, with the size flags that were given; without --vocab-size the vocabulary
     is the tokenizer's (vocab_size) when one is known."""
+    if getattr(args, "arch", "gpt") == "gru":
+        return gru_config(args, vocab_size)
     over = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
     if vocab_size is not None and "vocab_size" not in over:
         over["vocab_size"] = vocab_size
@@ -348,7 +353,7 @@ def _restore_args(args, argv_defaults):
                            "models cannot be resumed)")
     for k in SIZE_FLAGS:
         given = getattr(args, k, None)
-        if given is not None and given != getattr(cfg, k):
+        if given is not None and given != getattr(cfg, k, None):
             raise UsageError(f"--{k.replace('_', '-')} {given} differs from the checkpoint's "
                              f"{k}={getattr(cfg, k)}", f"--resume {args.resume}",
                              "no size flags with --resume (the run keeps its model), or a "
@@ -375,6 +380,8 @@ def _restore_args(args, argv_defaults):
 def check_memory(args, cfg, backend):
     """Refuse a run whose estimated peak memory does not fit here (memory.check)."""
     def estimate(cfg_, batch):
+        if is_gru(cfg_):
+            return gru_training_estimate(cfg_, batch, backend, args.dtype, args.grad_accum)
         return memory.training_estimate(cfg_, batch, backend, args.dtype, args.grad_accum,
                                         precision=args.precision)
     memory.check(estimate(cfg, args.batch_size),
@@ -509,8 +516,8 @@ def train(args, extra_docs=(), on_step=None):
         model, state, ckpt_tok, _ = load_model(ckpt, backend=backend, precision=args.precision)
         tok = ckpt_tok or tok
     else:
-        model = GPT(cfg, backend=backend, dtype=args.dtype, seed=args.seed,
-                    precision=args.precision)
+        model = model_class(cfg)(cfg, backend=backend, dtype=args.dtype, seed=args.seed,
+                                 precision=args.precision)
         state = {"step": 0}
     opt = dp.optimizer(model.params, model.be, getattr(args, "zero", 0), lr=args.lr,
                        betas=(args.beta1, args.beta2), weight_decay=args.weight_decay)
@@ -564,7 +571,8 @@ def train(args, extra_docs=(), on_step=None):
                 step_time += time.perf_counter() - t0
                 steps_timed += 1
                 first_loss = loss_sum if first_loss is None else first_loss
-                row = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm}
+                row = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": norm,
+                       "train_s": step_time}       # training time of this process so far
                 if mp.scaler is not None:          # fp16: the scale the next step uses
                     row.update(loss_scale=mp.loss_scale, skipped=skipped,
                                skipped_steps=mp.skipped_steps)

@@ -27,6 +27,7 @@ from . import layernorm
 from . import gelu, linear, residual
 from . import attention
 from . import adamw, dropout, embedding, softmax_xent
+from . import gru
 
 REGISTRY = {
     "layernorm": layernorm.LayerNorm,
@@ -41,6 +42,8 @@ REGISTRY = {
     "softmax_xent": softmax_xent.SoftmaxXent,
     "dropout": dropout.Dropout,
     "adamw": adamw.AdamW,
+    # gru.cu (with linear.cu for the input projections)
+    "gru": gru.GRU,
 }
 
 _MODULES = {}   # backend -> loaded module (or the RuntimeError saying why not)
