@@ -46,6 +46,18 @@ def test_show_prints_every_marker_each_backward_step_compared(op, capsys):
     assert "WRONG" not in out and out.rstrip().endswith("all ok")
 
 
+def test_gru_show_prints_every_step_of_backpropagation_through_time(capsys):
+    """The GRU's time-loop steps live in recurrence_forward / recurrence_backward, and its
+    (0) and (17) assign a tuple (`xp, lin_cache = ...`): all are shown, the gradients checked."""
+    assert cli_main(["gradcheck", "gru", "--show"]) == 0
+    out = capsys.readouterr().out
+    shown = {int(n) for n in re.findall(r"^  \((\d+)\) ", out, re.M)}
+    assert shown == set(range(18)) and doc_markers("gru") <= shown   # the doc cites (2)-(4) as a range
+    assert re.search(r"^  \(0\) xp \[", out, re.M) and re.search(r"^  \(17\) dx \[", out, re.M)
+    assert len(re.findall(r"^      vs dL/d\w+: (close|exact)", out, re.M)) == 2 + 6
+    assert "WRONG" not in out and out.rstrip().endswith("all ok")
+
+
 def test_show_values_are_the_ops_own():
     """The recorded (8) of layernorm is the dx the backward returns, and (7) is dy * w."""
     rng = np.random.default_rng(3)

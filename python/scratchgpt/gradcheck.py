@@ -103,6 +103,7 @@ class Case:
     input_names: list
     steps: dict = field(default_factory=dict)
     cotangent: object = None             # R, drawn once the output shape is known
+    functions: tuple = ("forward", "backward")   # where the marked steps are (traced)
 
     def run(self, module):
         """forward then backward of `module` on copies of the inputs -> (y, grads tuple)."""
@@ -239,7 +240,10 @@ def op_cases(dims=None, seed=0):
              [x.copy(), rng.standard_normal((B, 4)), 0.5 * rng.standard_normal((12, C)),
               0.5 * rng.standard_normal((12, 4)), rng.standard_normal(12), rng.standard_normal(12)],
              ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"],
-             {15: ("dL/dw_hh", grad(3)), 16: ("dL/db_hh", grad(5))}),
+             {15: ("dL/dw_hh", grad(3)), 16: ("dL/db_hh", grad(5))},
+             # the time loop's steps (1)-(16) are in the recurrence's own functions; a step
+             # inside the loop shows its value at the last time step it ran
+             functions=("forward", "backward", "recurrence_forward", "recurrence_backward")),
     ]
     qkv = rng.standard_normal((B, T, 3 * Ca))
     for label, n_head, window in (("causal, 1 head", 1, None), ("causal, 3 heads", 3, None),
@@ -394,7 +398,7 @@ def evaluate(case, module=None, source=None, reference_forward=None):
     reference_forward: marker -> value of the reference's forward steps, to grade a student's
     forward steps against (None: forward steps are shown, not graded)."""
     module = ref_module(case.op) if module is None else module
-    functions = ("update",) if isinstance(case, AdamWCase) else ("forward", "backward")
+    functions = ("update",) if isinstance(case, AdamWCase) else case.functions
     recorder = Recorder(module, source, functions)
     error, grads = None, None
     try:
@@ -418,7 +422,7 @@ def evaluate(case, module=None, source=None, reference_forward=None):
     ctx = Context(case)
     for n, step in sorted(recorder.steps.items()):
         value = recorder.values.get(n)
-        if step.function == "forward":
+        if step.function.endswith("forward"):
             if n not in recorder.values:
                 continue          # a branch this case does not take (e.g. gelu's other form)
             row = Row(step.target or "return", n, "forward", value, source=step.source)
@@ -455,7 +459,7 @@ def evaluate(case, module=None, source=None, reference_forward=None):
 def reference_forward_values(case):
     """marker -> value of the reference's forward steps on the case (to grade a student's)."""
     recorder = Recorder(ref_module(case.op), None,
-                        ("update",) if isinstance(case, AdamWCase) else ("forward", "backward"))
+                        ("update",) if isinstance(case, AdamWCase) else case.functions)
     with recorder:
         case.run(ref_module(case.op))
     return recorder.values

@@ -11,6 +11,7 @@ is recorded by the same rule: keep the `# (n)` comment on the statement that com
 
 What is recorded for a marked statement:
     name = ...  /  name op= ...        the array `name` (a copy, taken after the statement)
+    name, cache = ...                  the first name (the rest is bookkeeping, e.g. a cache)
     a[:, :, 0] = ...                   that constant slice (`a[:, :, 0]`)
     a[ids] = ...  /  a[ids] -= ...     the whole array `a` (the slice depends on variables)
     return ...                         the returned value
@@ -63,6 +64,8 @@ def statement_target(stmt):
               getattr(stmt, "target", None))
     if target is None:                       # a bare expression (an in-place call): its value
         return None
+    if isinstance(target, ast.Tuple):        # `y, cache = ...`: the step is its first name
+        target = target.elts[0]
     while isinstance(target, ast.Subscript) and not _static_slice(target):
         target = target.value
     return ast.unparse(target)
