@@ -30,6 +30,7 @@ COMMANDS = (
     "scratchgpt.train",
     "scratchgpt.sample",
     "scratchgpt.finetune",
+    "scratchgpt.eval",
     "scratchgpt.bench",
 )
 
