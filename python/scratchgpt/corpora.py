@@ -6,7 +6,8 @@
             and function's docstring and every block of consecutive comment lines of those same
             sources (parsed with `ast` and `tokenize`), the 79 help topics of `pydoc_data` (the
             language reference's prose behind `help("if")`), and the English source strings
-            (msgids) of every gettext catalogue under /usr/share/locale, de-duplicated
+            (msgids) of the gettext catalogues under /usr/share/locale (the largest language's
+            copy of each catalogue), de-duplicated
   mixed     the two interleaved document by document (python's files and english's documents
             alternate), so a --max-corpus-mb limit takes both halves
 
@@ -77,13 +78,19 @@ def pydoc_topics():
 
 
 def catalogue_english(root=LOCALE_ROOT):
-    """The msgids of every catalogue on the machine, each once, in file order."""
+    """The msgids of the machine's catalogues, each once. Every language's copy of a catalogue
+    holds (nearly) the same English strings, so only the largest copy of each is read."""
     from .tasks.readers import read_mo
     from .errors import BadFileError
-    seen, out = set(), []
+    largest = {}
     for path in sorted(glob.glob(os.path.join(root, "*", "LC_MESSAGES", "*.mo"))):
-        if os.path.islink(path):
-            continue
+        name = os.path.basename(path)
+        if not os.path.islink(path) and (name not in largest or
+                                         os.path.getsize(path) > os.path.getsize(largest[name])):
+            largest[name] = path
+    seen, out = set(), []
+    for name in sorted(largest):
+        path = largest[name]
         try:
             ids = read_mo(path)
         except BadFileError:

@@ -108,7 +108,7 @@ def add_arguments(p):
     p.add_argument("--corpus", default="python", choices=CORPORA,
                    help="without --data: python (the standard library's .py sources, 12 MB), "
                    "english (its docstrings and comments, pydoc's topics and the system's "
-                   "message catalogues' English strings, 6.8 MB) or mixed (both, alternating); "
+                   "message catalogues' English strings, 6.3 MB) or mixed (both, alternating); "
                    "default python")
     p.add_argument("--tokenizer", default="bpe",
                    help="bpe (byte-level BPE trained on the data), char, or a path to "

@@ -17,10 +17,9 @@ import time
 import numpy as np
 
 from ..errors import UsageError
-from .prompts import SHOT_SEPARATOR, end_ids, greedy_decode, sequence_logprob
+from .prompts import (MAX_ANSWER_TOKENS, SHOT_SEPARATOR, end_ids, greedy_decode,
+                      sequence_logprob)
 from .task import add_task_data_arguments, fill_task_defaults, load_task
-
-MAX_NEW_TOKENS = 48
 
 
 def shot_prompt(task, tokenizer, shots, example, room):
@@ -46,7 +45,8 @@ def evaluate_fewshot(model, tokenizer, task, shots, seed, progress=True):
     label_ids = None
     if labels:
         label_ids = [tokenizer.encode(task.answer(("", y))) + end_ids(tokenizer) for y in labels]
-    room = model.cfg.block_size - (max(map(len, label_ids)) if labels else MAX_NEW_TOKENS)
+    room = model.cfg.block_size - (max(map(len, label_ids)) if labels else
+                                   MAX_ANSWER_TOKENS[task.name])
     if room < 1:
         raise UsageError(f"a context of {model.cfg.block_size} tokens leaves no room for a "
                          "prompt", "--ckpt", "a model with a longer context")
@@ -61,7 +61,7 @@ def evaluate_fewshot(model, tokenizer, task, shots, seed, progress=True):
             scores = [sequence_logprob(model, ids + lab, len(ids)) for lab in label_ids]
             predictions.append(labels[int(np.argmax(scores))])
         else:
-            predictions.append(greedy_decode(model, tokenizer, ids, MAX_NEW_TOKENS))
+            predictions.append(greedy_decode(model, tokenizer, ids, MAX_ANSWER_TOKENS[task.name]))
     return predictions, float(np.mean(used))
 
 

@@ -21,10 +21,8 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import BadFileError, UsageError
 from ..optim import AdamW
 from ..precision import MixedPrecision, check_supported
-from .prompts import answer_only_batch, encode_pair, greedy_decode
+from .prompts import MAX_ANSWER_TOKENS, answer_only_batch, encode_pair, greedy_decode
 from .task import load_task
-
-MAX_NEW_TOKENS = 48
 
 
 def encode_task(task, tokenizer, examples, block_size, with_context=True):
@@ -47,7 +45,7 @@ def predict(model, tokenizer, task, examples, progress, with_context=True, desc=
     for e in tqdm(examples, desc=desc, disable=not progress, file=sys.stderr, unit="ex",
                   dynamic_ncols=True):
         ids = tokenizer.encode(task.prompt(e, with_context))
-        out.append(greedy_decode(model, tokenizer, ids, MAX_NEW_TOKENS))
+        out.append(greedy_decode(model, tokenizer, ids, MAX_ANSWER_TOKENS[task.name]))
     return out
 
 

@@ -21,6 +21,9 @@ FORMATS = {
     "classify": ("{text}\nLabel:", " {label}"),
 }
 SHOT_SEPARATOR = "\n\n"
+# the longest answer decoded: the embedded QA answers are names and literals of at most 24
+# characters; interface strings are at most 60 characters in the source language
+MAX_ANSWER_TOKENS = {"qa": 24, "translate": 48}
 
 
 def qa_fields(example, with_context=True):

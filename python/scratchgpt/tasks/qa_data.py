@@ -41,8 +41,7 @@ EXC_RE = re.compile(r"\b(?:[Rr]aises?|[Rr]aised|[Rr]aising)\b[^.]{0,60}?\b"
 EXC_NAME = re.compile(r"\b[A-Z]\w*(?:Error|Exception|Warning|Exit|Interrupt|Iteration)\b")
 
 
-def _functions(tree):
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def _signature(lines, fn):
@@ -63,9 +62,9 @@ def _segment(lines, node):
     return lines[node.lineno - 1].encode()[node.col_offset:node.end_col_offset].decode()
 
 
-def default_questions(lines, tree):
+def default_questions(lines, functions):
     out = []
-    for fn in _functions(tree):
+    for fn in functions:
         sig = _signature(lines, fn)
         if sig is None:
             continue
@@ -91,10 +90,10 @@ def _doc_first_line(fn):
     return first if 10 <= len(first) <= 80 and '"' not in first else None
 
 
-def function_questions(lines, tree):
+def function_questions(lines, parents):
     out = []
-    for parent in [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
-        fns = [n for n in parent.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for parent in parents:
+        fns = [n for n in parent.body if isinstance(n, FUNCTIONS)]
         described = [(fn, _doc_first_line(fn)) for fn in fns]
         described = [(fn, d) for fn, d in described if d and lines[fn.lineno - 1].strip()
                      .startswith(("def ", "async def "))]
@@ -113,9 +112,9 @@ def function_questions(lines, tree):
     return out
 
 
-def exception_questions(tree):
+def exception_questions(functions):
     out = []
-    for fn in _functions(tree):
+    for fn in functions:
         doc = ast.get_docstring(fn)
         if not doc:
             continue
@@ -147,8 +146,11 @@ def stdlib_examples(files=None):
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
             continue          # a few stdlib files are templates or other encodings
         lines = src.split("\n")
-        found = default_questions(lines, tree) + function_questions(lines, tree) + \
-            exception_questions(tree)
+        nodes = list(ast.walk(tree))
+        functions = [n for n in nodes if isinstance(n, FUNCTIONS)]
+        parents = [tree] + [n for n in nodes if isinstance(n, ast.ClassDef)]
+        found = default_questions(lines, functions) + function_questions(lines, parents) + \
+            exception_questions(functions)
         found = [e for e in found if all(a in e.context for a in e.answers)]
         if found:
             groups[path] = found

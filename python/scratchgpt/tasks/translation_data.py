@@ -1,8 +1,9 @@
 """The translation examples: the machine's own gettext catalogues by default, or --data.
 
 Embedded default (no download): every compiled catalogue of one language on this machine,
-`/usr/share/locale/<lang>/LC_MESSAGES/*.mo` (symbolic links, which repeat another catalogue, are
-skipped). Each catalogue's singular (msgid, msgstr) pairs are kept when the English string is
+`/usr/share/locale/<lang>/LC_MESSAGES/*.mo`, without symbolic links (which repeat another
+catalogue) and without iso-codes' `iso_*.mo` (lists of country, language and currency names,
+not interface text: one of them alone, iso_639-3, holds 7,900 language names). Each catalogue's singular (msgid, msgstr) pairs are kept when the English string is
 one line of at most MAX_CHARS characters holding a letter and the translation is one line too.
 The pairs are de-duplicated by English string over all catalogues (the first catalogue in name
 order keeps it), so a string belongs to one catalogue only. The held-out split takes whole
@@ -22,6 +23,7 @@ from .readers import read_mo, read_pairs_tsv, read_po
 
 LOCALE_ROOT = "/usr/share/locale"
 MAX_CHARS = 60
+NAME_LISTS = ("iso_",)      # iso-codes' lists of country, language and currency names
 PAIR_SUFFIXES = (".tsv", ".txt", ".po", ".mo")
 DATA = "a source<TAB>target .tsv, a .po or .mo catalogue, or a folder of them"
 
@@ -40,7 +42,8 @@ def catalogue_files(lang, root=LOCALE_ROOT):
     """The .mo catalogues of one language (no symlinks), sorted; MissingFileError when none."""
     folder = os.path.join(root, lang, "LC_MESSAGES")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.endswith(".mo") and not os.path.islink(os.path.join(folder, f))) \
+                   if f.endswith(".mo") and not f.startswith(NAME_LISTS)
+                   and not os.path.islink(os.path.join(folder, f))) \
         if os.path.isdir(folder) else []
     if not files:
         raise MissingFileError(f"no message catalogues for --lang {lang}", folder,
