@@ -22,6 +22,9 @@ def test_exact_match_and_f1():
     # common {b: 2}, P = 2/3, R = 2/3
     assert metrics.token_f1("x b b", "b b c") == pytest.approx(2 / 3)
     assert metrics.token_f1("", "mat") == 0.0
+    # answers that normalise to nothing: equal -> 1 (EM and F1), else 0
+    assert metrics.token_f1("()", "''") == 1.0 and metrics.exact_match("()", "''") == 1.0
+    assert metrics.token_f1("()", "None") == 0.0
     # best over golds, then the mean over questions, in percent:
     # q1: EM 1 (matches "the mat"), F1 1; q2: EM 0, F1: "new york city" vs "york": P 1/3, R 1 -> 1/2
     s = metrics.squad_scores(["mat", "New York City"], [("on the mat", "the mat"), ("York",)])

@@ -391,7 +391,7 @@ def add_arguments(p):
     p.add_argument("--lm-weight", type=nonneg_float, default=0.5, help="lambda of the auxiliary "
                    "language-modelling loss (default 0.5, as GPT-1)")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help="default: 5 for classify, 3 for qa, 2 for translate")
+                   help="default: 5 for classify, 3 for qa and translate")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
     p.add_argument("--warmup-steps", type=nonneg_int, default=None,
@@ -410,7 +410,8 @@ def add_arguments(p):
     g.add_argument("--n-embd", type=positive_int, default=96)
     g.add_argument("--block-size", type=positive_int, default=None,
                    help="context (default: 64 for classify, 192 for qa, 96 for translate)")
-    g.add_argument("--pretrain-steps", type=positive_int, default=400)
+    g.add_argument("--pretrain-steps", type=positive_int, default=None,
+                   help="default: 400 for classify and qa, 1200 for translate")
     g.add_argument("--pretrain-batch-size", type=positive_int, default=16)
     g.add_argument("--corpus-mb", type=nonneg_float, default=1.0,
                    help="MB of --corpus to pretrain on besides the texts")
@@ -425,7 +426,7 @@ def add_arguments(p):
 def parse_args(argv):
     p = ArgumentParser(prog="scratchgpt finetune")
     add_arguments(p)
-    return p.parse_args(argv)
+    return fill_task_defaults(p.parse_args(argv))
 
 
 def register(sub):

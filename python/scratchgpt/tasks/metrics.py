@@ -3,7 +3,8 @@
 SQuAD exact match and token F1 follow the official v1.1 evaluation script: both strings are
 normalised (lower case, punctuation removed, the articles a / an / the removed, whitespace
 collapsed), EM is 1 when the normalised strings are equal, F1 is the harmonic mean of precision
-and recall of the normalised tokens as a multiset; a prediction takes its best score over the
+and recall of the normalised tokens as a multiset; an answer that normalises to nothing (here: "()", "''") scores F1 1
+when the prediction does too, as in the v2.0 script; a prediction takes its best score over the
 gold answers, and the scores are averaged over questions (reported in percent, as SQuAD does).
 
 BLEU and chrF are sacrebleu's corpus scores (its defaults: BLEU-4 with the 13a tokenizer and
@@ -29,6 +30,10 @@ def exact_match(prediction, gold):
 
 def token_f1(prediction, gold):
     pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        # an answer that normalises to nothing ("()", "''"): 1 when both do, as the v2.0
+        # script scores it (v1.1's gives 0 even to an exact match)
+        return float(pred == ref)
     common = Counter(pred) & Counter(ref)
     same = sum(common.values())
     if same == 0:

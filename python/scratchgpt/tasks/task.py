@@ -111,15 +111,15 @@ def add_task_data_arguments(p, default_task):
     p.add_argument("--seed", type=nonneg_int, default=1337)
 
 
-TASK_DEFAULTS = {   # test_fraction, max_train, max_test, block_size (of a model pretrained
-    "classify": (0.2, None, None, 64, 5),       # here), fine-tuning epochs
-    "qa": (0.1, None, 500, 192, 3),
-    "translate": (0.1, 20000, 500, 96, 2),
+TASK_DEFAULTS = {   # test_fraction, max_train, max_test; for finetune: the context and the
+    "classify": (0.2, None, None, 64, 400, 5),      # pretraining steps of a model pretrained
+    "qa": (0.1, None, 500, 192, 400, 3),            # here, the fine-tuning epochs
+    "translate": (0.1, 20000, 500, 96, 1200, 3),
 }
 
 
 def fill_task_defaults(args):
-    test_fraction, max_train, max_test, block, epochs = TASK_DEFAULTS[args.task]
+    test_fraction, max_train, max_test, block, pretrain_steps, epochs = TASK_DEFAULTS[args.task]
     if args.test_fraction is None:
         args.test_fraction = test_fraction
     if args.max_train is None:
@@ -130,4 +130,6 @@ def fill_task_defaults(args):
         args.block_size = block
     if hasattr(args, "epochs") and args.epochs is None:
         args.epochs = epochs
+    if hasattr(args, "pretrain_steps") and args.pretrain_steps is None:
+        args.pretrain_steps = pretrain_steps
     return args
