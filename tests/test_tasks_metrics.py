@@ -57,7 +57,8 @@ def test_accuracy():
 
 def test_most_frequent_answer():
     train = [QAExample("c", "q", ("None",), "default"), QAExample("c", "q", ("None",), "default"),
-             QAExample("c", "q", ("0",), "default"), QAExample("c", "q", ("KeyError",), "exception")]
+             QAExample("c", "q", ("0",), "default"),
+             QAExample("c", "q", ("KeyError",), "exception")]
     test = [QAExample("c", "q", ("x",), "default"), QAExample("c", "q", ("y",), "exception"),
             QAExample("c", "q", ("z",), "function")]      # unseen template: the overall top
     assert baselines.most_frequent_answer(train, test) == ["None", "KeyError", "None"]

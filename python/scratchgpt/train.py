@@ -219,6 +219,9 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
         raise UsageError("a single shard", f"--data {args.data}", "the folder holding its "
                          "*train*.bin and *val*.bin shards")
     corpus = getattr(args, "corpus", "python")
+    if args.data and corpus != "python":
+        raise UsageError("--corpus chooses the text when there is no --data",
+                         f"--corpus {corpus} --data {args.data}", "one of the two")
     key = {"data": os.path.abspath(args.data) if args.data else
            "<python stdlib>" if corpus == "python" else f"<corpus {corpus}>",
            "tokenizer": args.tokenizer if args.tokenizer in ("bpe", "char")

@@ -3,13 +3,14 @@
 SQuAD exact match and token F1 follow the official v1.1 evaluation script: both strings are
 normalised (lower case, punctuation removed, the articles a / an / the removed, whitespace
 collapsed), EM is 1 when the normalised strings are equal, F1 is the harmonic mean of precision
-and recall of the normalised tokens as a multiset; an answer that normalises to nothing (here: "()", "''") scores F1 1
-when the prediction does too, as in the v2.0 script; a prediction takes its best score over the
-gold answers, and the scores are averaged over questions (reported in percent, as SQuAD does).
+and recall of the normalised tokens as a multiset; an answer that normalises to nothing (here:
+"()", "''") scores F1 1 when the prediction does too, as in the v2.0 script; a prediction takes
+its best score over the gold answers, and the scores are averaged over questions (reported in
+percent, as SQuAD does).
 
-BLEU and chrF are sacrebleu's corpus scores (its defaults: BLEU-4 with the 13a tokenizer and
-exponential smoothing off, chrF with character n-grams up to 6 and beta 2), one reference per
-sentence.
+BLEU and chrF are sacrebleu's corpus scores with its defaults (checked against sacrebleu 2.6.0:
+BLEU-4, the 13a tokenizer, exponential smoothing of zero n-gram counts; chrF with character
+n-grams up to 6 and beta 2), one reference per sentence.
 """
 import re
 import string

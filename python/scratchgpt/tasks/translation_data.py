@@ -3,8 +3,9 @@
 Embedded default (no download): every compiled catalogue of one language on this machine,
 `/usr/share/locale/<lang>/LC_MESSAGES/*.mo`, without symbolic links (which repeat another
 catalogue) and without iso-codes' `iso_*.mo` (lists of country, language and currency names,
-not interface text: one of them alone, iso_639-3, holds 7,900 language names). Each catalogue's singular (msgid, msgstr) pairs are kept when the English string is
-one line of at most MAX_CHARS characters holding a letter and the translation is one line too.
+not interface text: one of them alone, iso_639-3, holds 7,900 language names). Each
+catalogue's singular (msgid, msgstr) pairs are kept when the English string is one line of at
+most MAX_CHARS characters holding a letter and the translation is one line too.
 The pairs are de-duplicated by English string over all catalogues (the first catalogue in name
 order keeps it), so a string belongs to one catalogue only. The held-out split takes whole
 catalogues, drawn in a seeded order until it holds the test fraction of the pairs: no
