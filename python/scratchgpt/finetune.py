@@ -389,7 +389,8 @@ def add_arguments(p):
     p.add_argument("--ckpt", help="pretrained checkpoint or run folder (default: pretrain a "
                    "small model on the texts and the default corpus first)")
     p.add_argument("--lm-weight", type=nonneg_float, default=0.5, help="lambda of the auxiliary "
-                   "language-modelling loss (default 0.5, as GPT-1)")
+                   "language-modelling loss (default 0.5, as GPT-1; classify only: qa and "
+                   "translate train on the answer tokens alone)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="default: 5 for classify, 3 for qa and translate")
     p.add_argument("--batch-size", type=positive_int, default=16)
