@@ -242,7 +242,8 @@ def pretrain_args(args):
             "--n-layer", str(args.n_layer), "--n-head", str(args.n_head),
             "--n-embd", str(args.n_embd),
             "--max-steps", str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
-            "--max-corpus-mb", str(args.corpus_mb), "--corpus", args.corpus, "--out", os.path.join(args.out, "pretrain"),
+            "--max-corpus-mb", str(args.corpus_mb), "--out", os.path.join(args.out, "pretrain"),
+            "--corpus", args.corpus,
             "--backend", args.backend, "--precision", args.precision,
             "--seed", str(args.seed), "--eval-interval",
             str(max(1, args.pretrain_steps // 4)), "--ckpt-interval", str(args.pretrain_steps)]

@@ -103,11 +103,11 @@ def add_task_data_arguments(p, default_task):
     p.add_argument("--test-fraction", type=open_fraction, default=None,
                    help="held-out share (default 0.2 for classify, 0.1 for qa and translate)")
     p.add_argument("--max-train", type=positive_int, default=None,
-                   help="at most this many training examples, a seeded sample (default: qa and "
-                   "classify all, translate 20000)")
+                   help="at most this many training examples, a seeded sample (default: all; "
+                   "translate 20000; finetune --task classify always uses all)")
     p.add_argument("--max-test", type=positive_int, default=None,
-                   help="at most this many held-out examples (default: classify all, qa and "
-                   "translate 500)")
+                   help="at most this many held-out examples (default: qa and translate 500, "
+                   "classify all; finetune --task classify always scores all)")
     p.add_argument("--seed", type=nonneg_int, default=1337)
 
 
