@@ -393,7 +393,7 @@ def add_arguments(p):
                    "language-modelling loss (default 0.5, as GPT-1; classify only: qa and "
                    "translate train on the answer tokens alone)")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help="default: 5 for classify, 3 for qa and translate")
+                   help="default: 5 for classify, 3 for qa, 6 for translate")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
     p.add_argument("--warmup-steps", type=nonneg_int, default=None,

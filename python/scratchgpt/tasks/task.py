@@ -114,7 +114,7 @@ def add_task_data_arguments(p, default_task):
 TASK_DEFAULTS = {   # test_fraction, max_train, max_test; for finetune: the context and the
     "classify": (0.2, None, None, 64, 400, 5),      # pretraining steps of a model pretrained
     "qa": (0.1, None, 500, 192, 400, 3),            # here, the fine-tuning epochs
-    "translate": (0.1, 20000, 500, 96, 1200, 3),
+    "translate": (0.1, 20000, 500, 96, 1200, 6),
 }
 
 
