@@ -43,6 +43,13 @@ def test_encode_pair_ends_with_end_token(tok):
     assert ids == tok.encode("ab:") + tok.encode(" c") + tok.encode("\n") and p == 3
 
 
+def test_tokenizer_that_cannot_encode(tok):
+    from scratchgpt.errors import UsageError
+    with pytest.raises(UsageError, match="the checkpoint's tokenizer cannot encode the task's "
+                       r"text: text: character 'é' .*\(--ckpt, a checkpoint with a byte-level"):
+        encode_pair(tok, "Fichier", " é")
+
+
 def test_answer_only_mask():
     # row 0: prompt [5, 6, 7], answer [8, 9]; row 1: prompt [1], answer [2, 3, 4]
     idx, targets = answer_only_batch([[5, 6, 7, 8, 9], [1, 2, 3, 4]], [3, 1], pad_id=0)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ..errors import UsageError
-from .prompts import (MAX_ANSWER_TOKENS, SHOT_SEPARATOR, end_ids, greedy_decode,
+from .prompts import (MAX_ANSWER_TOKENS, SHOT_SEPARATOR, encode, end_ids, greedy_decode,
                       sequence_logprob)
 from .task import add_task_data_arguments, fill_task_defaults, load_task
 
@@ -28,7 +28,7 @@ def shot_prompt(task, tokenizer, shots, example, room):
     texts = [task.prompt(s) + task.answer(s) for s in shots]
     query = task.prompt(example)
     while True:
-        ids = tokenizer.encode(SHOT_SEPARATOR.join(texts + [query]))
+        ids = encode(tokenizer, SHOT_SEPARATOR.join(texts + [query]))
         if len(ids) <= room or not texts:
             return ids, len(texts)
         texts.pop(int(np.argmax([len(t) for t in texts])))
@@ -44,7 +44,7 @@ def evaluate_fewshot(model, tokenizer, task, shots, seed, progress=True):
     labels = sorted({y for _, y in task.train}) if task.name == "classify" else None
     label_ids = None
     if labels:
-        label_ids = [tokenizer.encode(task.answer(("", y))) + end_ids(tokenizer) for y in labels]
+        label_ids = [encode(tokenizer, task.answer(("", y))) + end_ids(tokenizer) for y in labels]
     room = model.cfg.block_size - (max(map(len, label_ids)) if labels else
                                    MAX_ANSWER_TOKENS[task.name])
     if room < 1:

@@ -21,7 +21,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import BadFileError, UsageError
 from ..optim import AdamW
 from ..precision import MixedPrecision, check_supported
-from .prompts import MAX_ANSWER_TOKENS, answer_only_batch, encode_pair, greedy_decode
+from .prompts import MAX_ANSWER_TOKENS, answer_only_batch, encode, encode_pair, greedy_decode
 from .task import load_task
 
 
@@ -44,7 +44,7 @@ def predict(model, tokenizer, task, examples, progress, with_context=True, desc=
     out = []
     for e in tqdm(examples, desc=desc, disable=not progress, file=sys.stderr, unit="ex",
                   dynamic_ncols=True):
-        ids = tokenizer.encode(task.prompt(e, with_context))
+        ids = encode(tokenizer, task.prompt(e, with_context))
         out.append(greedy_decode(model, tokenizer, ids, MAX_ANSWER_TOKENS[task.name]))
     return out
 

@@ -15,6 +15,8 @@ Few-shot prompts join K solved examples and the question with blank lines, GPT-3
 """
 import numpy as np
 
+from ..errors import UsageError
+
 FORMATS = {
     "qa": ("{context}\nQuestion: {question}\nAnswer:", " {answer}"),
     "translate": ("{source}\nTranslation:", " {target}"),
@@ -40,14 +42,25 @@ def format_answer(task, fields):
     return FORMATS[task][1].format(**fields)
 
 
+def encode(tokenizer, text):
+    """The ids of text; a tokenizer that cannot encode it (a character tokenizer built from
+    other text) is a usage error naming the checkpoint's tokenizer."""
+    try:
+        return tokenizer.encode(text)
+    except ValueError as e:
+        raise UsageError(f"the checkpoint's tokenizer cannot encode the task's text: {e}",
+                         "--ckpt", "a checkpoint with a byte-level BPE tokenizer (the default "
+                         "of scratchgpt train)") from None
+
+
 def end_ids(tokenizer):
-    return [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    return [tokenizer.eot_id] if tokenizer.eot_id is not None else encode(tokenizer, "\n")
 
 
 def encode_pair(tokenizer, prompt, answer):
     """(ids, prompt length): prompt ids, answer ids, the end token."""
-    p = tokenizer.encode(prompt)
-    return p + tokenizer.encode(answer) + end_ids(tokenizer), len(p)
+    p = encode(tokenizer, prompt)
+    return p + encode(tokenizer, answer) + end_ids(tokenizer), len(p)
 
 
 def answer_only_batch(seqs, prompt_lens, pad_id):
