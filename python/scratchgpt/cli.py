@@ -31,10 +31,10 @@ COMMANDS = (
     "scratchgpt.train",
     "scratchgpt.sample",
     "scratchgpt.finetune",
+    "scratchgpt.eval",
     "scratchgpt.bench",
     "scratchgpt.scaling",
     "scratchgpt.compress",
-    "scratchgpt.eval",
 )
 
 

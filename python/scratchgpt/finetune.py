@@ -32,11 +32,13 @@ import numpy as np
 from . import memory
 from .checkpoint import list_checkpoints, load_model, model_config, read_state, save_checkpoint
 from .config import PRESETS
-from .cli import ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_int, probability
+from .cli import ArgumentParser, nonneg_float, nonneg_int, positive_int, probability
+from .corpora import CORPORA
 from .data import TEXT_SUFFIXES, read_text
 from .errors import BadFileError, MissingFileError, UsageError
 from .optim import AdamW
 from .precision import MixedPrecision, check_supported
+from .tasks.task import add_task_data_arguments, fill_task_defaults
 from .train import (add_precision_arguments, build_config, log, parse_args as parse_train_args,
                     resolve_backend, train)
 
@@ -241,6 +243,7 @@ def pretrain_args(args):
             "--n-embd", str(args.n_embd),
             "--max-steps", str(args.pretrain_steps), "--batch-size", str(args.pretrain_batch_size),
             "--max-corpus-mb", str(args.corpus_mb), "--out", os.path.join(args.out, "pretrain"),
+            "--corpus", args.corpus,
             "--backend", args.backend, "--precision", args.precision,
             "--seed", str(args.seed), "--eval-interval",
             str(max(1, args.pretrain_steps // 4)), "--ckpt-interval", str(args.pretrain_steps)]
@@ -370,6 +373,12 @@ def finetune(args):
 
 
 def run(args):
+    fill_task_defaults(args)
+    if args.task != "classify":
+        from .tasks.generative import run as run_generative
+        return run_generative(args)
+    if args.data is None:
+        raise UsageError("missing a required argument", "--data", TSV + " (--task classify)")
     summary = finetune(args)
     log(args, f"held-out accuracy {summary['accuracy']:.4f}, bag-of-words baseline "
         f"{summary['baseline_accuracy']:.4f} ({summary['n_test']} examples, "
@@ -380,20 +389,20 @@ def run(args):
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, help="text<TAB>label file, or a folder of them")
+    add_task_data_arguments(p, "classify")
     p.add_argument("--ckpt", help="pretrained checkpoint or run folder (default: pretrain a "
                    "small model on the texts and the default corpus first)")
     p.add_argument("--lm-weight", type=nonneg_float, default=0.5, help="lambda of the auxiliary "
-                   "language-modelling loss (default 0.5, as GPT-1)")
-    p.add_argument("--epochs", type=positive_int, default=5)
+                   "language-modelling loss (default 0.5, as GPT-1; classify only: qa and "
+                   "translate train on the answer tokens alone)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="default: 5 for classify, 3 for qa, 6 for translate")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
     p.add_argument("--warmup-steps", type=nonneg_int, default=None,
                    help="default: 0.2%% of the steps")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.01)
     p.add_argument("--dropout", type=probability, default=0.1, help="dropout while fine-tuning")
-    p.add_argument("--test-fraction", type=open_fraction, default=0.2, help="held-out share")
-    p.add_argument("--seed", type=nonneg_int, default=1337)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     add_precision_arguments(p)
     p.add_argument("--out", default="runs/finetune")
@@ -404,12 +413,15 @@ def add_arguments(p):
     g.add_argument("--n-layer", type=positive_int, default=3)
     g.add_argument("--n-head", type=positive_int, default=4)
     g.add_argument("--n-embd", type=positive_int, default=96)
-    g.add_argument("--block-size", type=positive_int, default=64,
-                   help="context (the texts are short)")
-    g.add_argument("--pretrain-steps", type=positive_int, default=400)
+    g.add_argument("--block-size", type=positive_int, default=None,
+                   help="context (default: 64 for classify, 192 for qa, 96 for translate)")
+    g.add_argument("--pretrain-steps", type=positive_int, default=None,
+                   help="default: 400 for classify and qa, 1200 for translate")
     g.add_argument("--pretrain-batch-size", type=positive_int, default=16)
     g.add_argument("--corpus-mb", type=nonneg_float, default=1.0,
-                   help="MB of the default corpus to pretrain on besides the texts")
+                   help="MB of --corpus to pretrain on besides the texts")
+    g.add_argument("--corpus", default="python", choices=CORPORA,
+                   help="the pretraining corpus (scratchgpt train --corpus; default python)")
     g.add_argument("--text-repeats", type=positive_int, default=4,
                    help="copies of the labelled texts in the pretraining data")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -419,11 +431,12 @@ def add_arguments(p):
 def parse_args(argv):
     p = ArgumentParser(prog="scratchgpt finetune")
     add_arguments(p)
-    return p.parse_args(argv)
+    return fill_task_defaults(p.parse_args(argv))
 
 
 def register(sub):
-    p = sub.add_parser("finetune", help="fine-tune for text classification (GPT-1 style)",
+    p = sub.add_parser("finetune", help="fine-tune for classification, question answering or "
+                       "translation (GPT-1 style)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)

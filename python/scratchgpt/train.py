@@ -38,7 +38,8 @@ from .checkpoint import (list_checkpoints, load_model, load_optimizer, model_cla
 from .cli import (ArgumentParser, nonneg_float, nonneg_int, open_fraction, positive_float,
                   positive_int, probability)
 from .config import PRESETS, GPTConfig
-from .data import (BatchSampler, default_corpus_files, is_shard, load_split, prepare_data,
+from .corpora import CORPORA, corpus_documents
+from .data import (BatchSampler, is_shard, load_split, prepare_data,
                    read_documents, shard_paths, text_files)
 from .errors import BadFileError, Interrupted, ScratchError, UsageError, signal_name
 from .gru_model import gru_config, is_gru, training_estimate as gru_training_estimate
@@ -107,6 +108,11 @@ def add_arguments(p):
                    "--n-layer GRU layers of --n-embd units; --n-head does not apply")
     p.add_argument("--data", help="text file, folder of text files, or folder of .bin shards "
                    "(default: the Python standard library's .py sources on this machine)")
+    p.add_argument("--corpus", default="python", choices=CORPORA,
+                   help="without --data: python (the standard library's .py sources, 12 MB), "
+                   "english (its docstrings and comments, pydoc's topics and the system's "
+                   "message catalogues' English strings, 6.3 MB) or mixed (both, alternating); "
+                   "default python")
     p.add_argument("--tokenizer", default="bpe",
                    help="bpe (byte-level BPE trained on the data), char, or a path to "
                    "tokenizer.json / GPT-2's vocab.json + merges.txt (default bpe)")
@@ -218,7 +224,12 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
     if args.data and is_shard(args.data):
         raise UsageError("a single shard", f"--data {args.data}", "the folder holding its "
                          "*train*.bin and *val*.bin shards")
-    key = {"data": os.path.abspath(args.data) if args.data else "<python stdlib>",
+    corpus = getattr(args, "corpus", "python")
+    if args.data and corpus != "python":
+        raise UsageError("--corpus chooses the text when there is no --data",
+                         f"--corpus {corpus} --data {args.data}", "one of the two")
+    key = {"data": os.path.abspath(args.data) if args.data else
+           "<python stdlib>" if corpus == "python" else f"<corpus {corpus}>",
            "tokenizer": args.tokenizer if args.tokenizer in ("bpe", "char")
            else os.path.abspath(args.tokenizer),
            "vocab_size": vocab_size, "max_corpus_mb": args.max_corpus_mb,
@@ -233,9 +244,9 @@ def prepare_run_data(args, vocab_size, data_dir, extra_docs=()):
         if cached == key:
             return (load_tokenizer(data_dir), load_split(data_dir, "train"),
                     load_split(data_dir, "val"))
-    files = text_files(args.data) if args.data else default_corpus_files()
     max_bytes = None if args.max_corpus_mb is None else int(args.max_corpus_mb * 2 ** 20)
-    docs = list(extra_docs) + read_documents(files, max_bytes)
+    docs = list(extra_docs) + (read_documents(text_files(args.data), max_bytes) if args.data
+                               else corpus_documents(corpus, max_bytes))
     log(args, f"data: {len(docs)} documents, {sum(map(len, docs)) / 2 ** 20:.1f} MB of text; "
         f"tokenizing into {data_dir}")
     if args.tokenizer in ("bpe", "char"):

@@ -10,5 +10,5 @@ masked recovery, the compressed checkpoint that GPT.load / sample / eval read, a
 The op itself is quant_linear, in its four places (docs/gradients/quant_linear.md,
 reference/quant_linear.py, csrc/quant_linear.cu, tests/test_quant_linear*.py).
 """
-from .command import register, run_compress, run_eval, add_eval_arguments   # noqa: F401
+from .command import LM_EVAL_HELP, add_eval_arguments, register, run_compress, run_eval   # noqa: F401
 from .store import attach, decompress, is_compressed   # noqa: F401

@@ -299,7 +299,7 @@ def run_compress(args):
 
 def run_eval(args):
     """`scratchgpt eval --ckpt DIR [--data ...] [--json]`: validation loss and perplexity."""
-    from ..checkpoint import MODEL_FILE, find_checkpoint, load_model
+    from ..checkpoint import MODEL_FILE, load_model
     from ..train import resolve_backend
     from .store import read_compression
     backend = resolve_backend(args.backend)
@@ -307,7 +307,7 @@ def run_eval(args):
     meta = read_compression(ckpt) if is_compressed(ckpt) else None
     data = ev.find_data(args.data, ckpt, state, meta)
     tokens = ev.load_tokens(data, "val", tokenizer)
-    loss, n = ev.validation_loss(model, tokens, args.max_tokens, progress=not args.json)
+    loss, n = ev.validation_loss(model, tokens, args.max_tokens, progress=args.progress and not args.json)
     weights = os.path.join(ckpt, MODEL_FILE)
     result = ev.summary(loss, n, os.path.getsize(weights) if os.path.isfile(weights) else None)
     if args.json:
@@ -318,18 +318,17 @@ def run_eval(args):
     return 0
 
 
+LM_EVAL_HELP = ("validation loss and perplexity of the checkpoint's language model",
+                "token shards folder (its *val*.bin), a run folder holding data/, or a text file "
+                "(default: the checkpoint's run data)")
+
+
 def add_eval_arguments(p):
-    """The flags `scratchgpt eval` takes for the language-model loss."""
+    """The flags only the language-model loss of `scratchgpt eval` takes (--ckpt, --data,
+    --backend and --json are the command's)."""
     from ..cli import positive_int
-    p.add_argument("--ckpt", required=True, help="run folder (its newest checkpoint), checkpoint "
-                   "folder (compressed or not), or Hugging Face GPT-2 / GPT-1 folder")
-    p.add_argument("--data", default=None, help="token shards folder (its *val*.bin), a run "
-                   "folder holding data/, or a text file (default: the checkpoint's run data)")
     p.add_argument("--max-tokens", type=positive_int, default=65536,
-                   help="validation tokens scored (the split's first ones; default 65536)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
-    p.add_argument("--json", action="store_true", help="print one JSON object: val_loss, "
-                   "perplexity, tokens, size_bytes")
+                   help="--task lm: validation tokens scored (the split's first ones; default 65536)")
 
 
 def register(sub):
