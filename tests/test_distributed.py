@@ -117,16 +117,46 @@ def test_two_ranks_on_the_host_kernels_equal_grad_accum_two(text_file, tmp_path,
 
 
 @needs_mpi
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_two_ranks_in_mixed_precision_equal_grad_accum_two(text_file, tmp_path, reference,
                                                            precision):
     """bf16 / fp16: the fp32 master gradients are what is reduced; the loss scaler decides on
-    the reduced gradients, the same on every rank."""
-    run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--precision",
-                      precision))
-    assert_same_checkpoint(os.path.join(reference(2, precision=precision), "ckpt_000006"),
-                           os.path.join(tmp_path, "ckpt_000006"))
+    the reduced gradients, the same on every rank. ZeRO-1 shards the fp32 masters: each rank
+    holds half of them (rank 0's bytes, printed), rounds its half to 16 bits for the all-gather,
+    and the masters and moments gathered into the checkpoints at steps 3 and 6 are one
+    process's (the 16-bit weights of steps 2..6 are what those steps' forwards read, so a wrong
+    one would show in the masters after it)."""
+    p = run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--precision",
+                          precision))
+    params = int(re.search(r"model: ([\d,]+) parameters", p.stdout)[1].replace(",", ""))
+    held = re.search(r"ZeRO-1 per rank: ([\d,]+) bytes of AdamW moments, ([\d,]+) bytes of "
+                     r"fp32 masters", p.stdout)
+    assert held, p.stdout
+    assert [int(x.replace(",", "")) for x in held.groups()] == [8 * params // 2, 4 * params // 2]
+    for step in (3, 6):
+        assert_same_checkpoint(os.path.join(reference(2, precision=precision), f"ckpt_{step:06d}"),
+                               os.path.join(tmp_path, f"ckpt_{step:06d}"))
+
+
+@needs_mpi
+def test_sharded_bf16_masters_resume_from_two_ranks_on_one_and_from_one_on_two(
+        text_file, tmp_path, reference):
+    """The masters sharded on 2 ranks are gathered whole into the checkpoint (2 -> 1), and a
+    1-rank checkpoint's masters are sharded on resume (1 -> 2 --zero 1): both end on one
+    process's step 6, bit for bit."""
+    bf16 = ("--precision", "bf16")
+    two = tmp_path / "two_then_one"
+    run(2, train_argv(text_file, two, "--max-steps", "3", "--zero", "1", *bf16))
+    run(None, ["train", "--resume", str(two), "--max-steps", "6", "--no-progress"])
+    assert_same_checkpoint(os.path.join(reference(2, precision="bf16"), "ckpt_000006"),
+                           str(two / "ckpt_000006"))
+
+    one = tmp_path / "one_then_two"
+    run(None, train_argv(text_file, one, "--max-steps", "3", "--grad-accum", "2", *bf16))
+    p = run(2, ["train", "--resume", str(one), "--max-steps", "6", "--no-progress", "--zero", "1"])
+    assert "bytes of fp32 masters" in p.stdout
+    assert_same_checkpoint(os.path.join(reference(2, precision="bf16"), "ckpt_000006"),
+                           str(one / "ckpt_000006"))
 
 
 @needs_mpi
@@ -295,6 +325,7 @@ def test_layout_cuts_padded_buckets_that_cover_every_tensor_once():
 class _OneRankMpi:
     """An MPI transport of one rank: what distributed.MpiTransport does with COMM_SELF."""
     xp = np
+    bits16 = distributed.MpiTransport.bits16
 
     def alltoall(self, send, recv, what):
         recv[...] = send
@@ -314,6 +345,46 @@ def test_zero1_shards_hold_their_part_of_the_moments():
         per_rank = [s.moment_bytes() for s in shards]
         assert sum(per_rank) == full                        # every moment held once
         assert max(per_rank) == 2 * 4 * -(-44 // size)      # and at most 1/N (padded) each
+
+
+def test_zero1_under_bf16_shards_the_fp32_masters_and_steps_as_adamw():
+    """Each rank keeps 1/N of the fp32 masters (every master held once) and the params dict
+    then holds bf16 weights only; on one rank a step is AdamW's followed by the rounding to
+    bf16, and whole_masters() shows AdamW's fp32 parameters."""
+    from scratchgpt.ops import get_backend
+    from scratchgpt.optim import AdamW
+    from scratchgpt.precision import storage_dtype, to_storage
+    bf16 = storage_dtype("bf16")
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((5, 7), dtype=np.float32),
+              "b": rng.standard_normal(9, dtype=np.float32)}          # 44 elements
+    be = get_backend("numpy")
+    for size in (1, 2, 8):
+        dicts = [dict(params) for _ in range(size)]
+        shards = [ShardedAdamW(d, be, _OneRankMpi(), r, size, "bf16")
+                  for r, d in enumerate(dicts)]
+        per_rank = [s.master_bytes() for s in shards]
+        assert sum(per_rank) == 4 * 44 and max(per_rank) == 4 * -(-44 // size)
+        for d in dicts:
+            assert all(d[k].dtype == bf16 and d[k].shape == params[k].shape for k in d)
+            assert all(np.array_equal(d[k], to_storage(params[k], "bf16")) for k in d)
+
+    grads = {k: rng.standard_normal(p.shape, dtype=np.float32) for k, p in params.items()}
+    plain_params = {k: p.copy() for k, p in params.items()}
+    plain = AdamW(plain_params, be, lr=1e-2)
+    sharded_params = dict(params)
+    sharded = ShardedAdamW(sharded_params, be, _OneRankMpi(), 0, 1, "bf16", lr=1e-2)
+    for _ in range(2):
+        plain.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=1.0)
+        sharded.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=1.0)
+    for k in params:
+        assert np.array_equal(sharded_params[k], to_storage(plain_params[k], "bf16"))
+    with sharded.whole_masters():
+        assert all(sharded_params[k].dtype == np.float32 and
+                   np.array_equal(sharded_params[k], plain_params[k]) for k in params)
+    assert all(sharded_params[k].dtype == bf16 for k in params)
+    state = sharded.state_dict()
+    assert all(np.array_equal(state[w][k], getattr(plain, w)[k]) for w in "mv" for k in params)
 
 
 @pytest.fixture
