@@ -3,7 +3,7 @@
 Under MPI (`mpiexec -n N python3 -m scratchgpt.cli train ...` as subprocesses, each with a
 timeout): N ranks give the weights, AdamW moments, sampler and dropout state of one process with
 --grad-accum N bit for bit (N = 2, and 4 in the slow set; numpy and host backends, bf16 and
-fp16; ZeRO-1 too);
+fp16; ZeRO-1 too, which under bf16 / fp16 holds 1/N of the fp32 masters per rank);
 a checkpoint resumes across world sizes 2 -> 1 and 1 -> 2 bit-identically; a raising or hanging
 rank ends the job within 30 s with a message naming the rank, a killed one with the launcher's
 message naming a pid of the start line's rank -> pid map; a NaN on one rank stops all; arguments
@@ -12,8 +12,8 @@ between ranks are refused before anything is written. These need mpi4py and mpie
 extra); without them they skip saying so (CI installs the extra and runs them).
 
 Without MPI: the bucket layout, the NCCL path on the emulated device through a recording
-stand-in of cupy.cuda.nccl (tests/nccl_standin.py, checked against CuPy 14.0.0), and the
-ZeRO-1 shard sizes.
+stand-in of cupy.cuda.nccl (tests/nccl_standin.py, checked against CuPy 14.0.0), the
+ZeRO-1 shard sizes, and ZeRO-1's sharded bf16 masters on one rank (MPI and NCCL stand-ins).
 """
 import importlib.util
 import json
@@ -447,6 +447,37 @@ def test_nccl_path_on_the_emulated_device_buckets_and_orders_its_calls(emulated)
     assert [c[0] for c in nccl.calls] == ["allGather", "allGather"]
     for k in model.params:
         assert np.array_equal(emulated.asnumpy(model.params[k]), emulated.asnumpy(twin.params[k]))
+
+
+def test_sharded_bf16_masters_gather_16_bit_weights_over_nccl_on_the_emulated_device(emulated):
+    """ZeRO-1 with bf16 masters over one rank of NCCL: each step is one allGather of the padded
+    vector's 16-bit weights (as NCCL_FLOAT16: NCCL has no uint16, the gather only copies), and
+    the model's weights equal AdamW's fp32 parameters rounded to bf16."""
+    from scratchgpt.config import GPTConfig
+    from scratchgpt.model import GPT
+    from scratchgpt.optim import AdamW
+    from scratchgpt.precision import to_storage
+    nccl = _standin()
+    comm = nccl.NcclCommunicator(1, nccl.get_unique_id(), 0)
+    transport = NcclTransport(comm, nccl, emulated, Watchdog(10, 0, 1, [], pytest.fail))
+    cfg = GPTConfig.preset("nano", vocab_size=17)
+    model = GPT(cfg, backend="cuda", precision="bf16", seed=3)
+    twin = GPT(cfg, backend="cuda", precision="bf16", seed=3)
+    idx = np.random.default_rng(1).integers(0, 17, (2, cfg.block_size))
+    model.forward(idx, idx)
+    grads = model.backward()
+    sharded = ShardedAdamW(model.params, model.be, transport, 0, 1, "bf16", lr=1e-2)
+    plain = AdamW(twin.params, twin.be, lr=1e-2)
+    nccl.calls.clear()
+    for _ in range(2):
+        sharded.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=0.5)
+        plain.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=0.5)
+    assert [c[0] for c in nccl.calls] == ["allGather", "allGather"]
+    assert all(c[3:5] == (sharded.layout.padded, nccl.NCCL_FLOAT16) for c in nccl.calls)
+    model.sync_lowp()
+    for k in model.params:
+        want = emulated.asnumpy(to_storage(twin.params[k], "bf16"))
+        assert np.array_equal(emulated.asnumpy(model.params_lp[k]), want), k
 
 
 def test_the_device_checks_nccl_run_passes_on_the_emulated_device(emulated, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """Data parallelism: ranks started by MPI, gradients summed in a fixed order (MPI on CPUs, NCCL on
-GPUs), ZeRO-1 sharding of AdamW's moments. docs/distributed.md has the design and the numbers.
+GPUs), ZeRO-1 sharding of AdamW's moments (and of the fp32 master weights under bf16 / fp16).
+docs/distributed.md has the design and the numbers.
 
     mpiexec -n 2 scratchgpt train --preset mini --batch-size 8             # = --grad-accum 2 alone
     mpiexec -n 2 scratchgpt train --preset mini --batch-size 8 --zero 1    # AdamW moments sharded
