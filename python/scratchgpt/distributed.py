@@ -322,7 +322,7 @@ class ShardedAdamW(AdamW):
     takes part; checkpoints hold them whole, so a run resumes on any number of ranks).
 
     Under bf16 / fp16 (precision) the fp32 master weights are sharded the same way: the rank
-    keeps its S masters in `masters`, and `params` (the model's dict) then holds the 16-bit
+    keeps its 1/N of the masters in `masters`, and `params` (the model's dict) then holds the 16-bit
     weights the forward reads, views of one flat vector that the step all-gathers. Each rank
     rounds its own updated masters to 16 bits and the 16-bit shards are gathered: rounding is
     element-wise, so this is the copy one process's sync_lowp makes, bit for bit, at half the
@@ -403,10 +403,8 @@ class ShardedAdamW(AdamW):
                          lambda name, lo, hi, src: flat(self.params[name]).__setitem__(
                              slice(lo, hi), src), "parameter all-gather")
         else:
-            start = self.shard[0]
-            for name, lo, hi, at in self._pieces():
-                self.lowp_send[at - start:at - start + hi - lo] = to_storage(
-                    self.masters[name], self.precision)
+            self._pack(self.lowp_send,
+                       lambda name, lo, hi: to_storage(self.masters[name], self.precision))
             bits = self.t.bits16                 # 16-bit payload: the collective only copies
             self.t.allgather(self.lowp_send.view(bits), self.lowp.view(bits),
                              f"{self.precision} parameter all-gather")
@@ -422,11 +420,15 @@ class ShardedAdamW(AdamW):
         if self.masters is None:
             self.buffers = buffers
         send, full = buffers
+        self._pack(send, own)
+        self.t.allgather(send, full, what)
+        return full
+
+    def _pack(self, send, own):
+        """This rank's shard into send, each tensor's piece from own(name, lo, hi)."""
         start = self.shard[0]
         for name, lo, hi, at in self._pieces():
             send[at - start:at - start + hi - lo] = own(name, lo, hi)
-        self.t.allgather(send, full, what)
-        return full
 
     def _gather(self, own, put, what):
         """All-gather the flat vector whose own shard own(name, lo, hi) gives; put each
