@@ -3,7 +3,7 @@
 Under MPI (`mpiexec -n N python3 -m scratchgpt.cli train ...` as subprocesses, each with a
 timeout): N ranks give the weights, AdamW moments, sampler and dropout state of one process with
 --grad-accum N bit for bit (N = 2, and 4 in the slow set; numpy and host backends, bf16 and
-fp16; ZeRO-1 too);
+fp16; ZeRO-1 too, which under bf16 / fp16 holds 1/N of the fp32 masters per rank);
 a checkpoint resumes across world sizes 2 -> 1 and 1 -> 2 bit-identically; a raising or hanging
 rank ends the job within 30 s with a message naming the rank, a killed one with the launcher's
 message naming a pid of the start line's rank -> pid map; a NaN on one rank stops all; arguments
@@ -12,8 +12,8 @@ between ranks are refused before anything is written. These need mpi4py and mpie
 extra); without them they skip saying so (CI installs the extra and runs them).
 
 Without MPI: the bucket layout, the NCCL path on the emulated device through a recording
-stand-in of cupy.cuda.nccl (tests/nccl_standin.py, checked against CuPy 14.0.0), and the
-ZeRO-1 shard sizes.
+stand-in of cupy.cuda.nccl (tests/nccl_standin.py, checked against CuPy 14.0.0), the
+ZeRO-1 shard sizes, and ZeRO-1's sharded bf16 masters on one rank (MPI and NCCL stand-ins).
 """
 import importlib.util
 import json
@@ -117,16 +117,46 @@ def test_two_ranks_on_the_host_kernels_equal_grad_accum_two(text_file, tmp_path,
 
 
 @needs_mpi
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_two_ranks_in_mixed_precision_equal_grad_accum_two(text_file, tmp_path, reference,
                                                            precision):
     """bf16 / fp16: the fp32 master gradients are what is reduced; the loss scaler decides on
-    the reduced gradients, the same on every rank."""
-    run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--precision",
-                      precision))
-    assert_same_checkpoint(os.path.join(reference(2, precision=precision), "ckpt_000006"),
-                           os.path.join(tmp_path, "ckpt_000006"))
+    the reduced gradients, the same on every rank. ZeRO-1 shards the fp32 masters: each rank
+    holds half of them (rank 0's bytes, printed), rounds its half to 16 bits for the all-gather,
+    and the masters and moments gathered into the checkpoints at steps 3 and 6 are one
+    process's (the 16-bit weights of steps 2..6 are what those steps' forwards read, so a wrong
+    one would show in the masters after it)."""
+    p = run(2, train_argv(text_file, tmp_path, "--max-steps", "6", "--zero", "1", "--precision",
+                          precision))
+    params = int(re.search(r"model: ([\d,]+) parameters", p.stdout)[1].replace(",", ""))
+    held = re.search(r"ZeRO-1 per rank: ([\d,]+) bytes of AdamW moments, ([\d,]+) bytes of "
+                     r"fp32 masters", p.stdout)
+    assert held, p.stdout
+    assert [int(x.replace(",", "")) for x in held.groups()] == [8 * params // 2, 4 * params // 2]
+    for step in (3, 6):
+        assert_same_checkpoint(os.path.join(reference(2, precision=precision), f"ckpt_{step:06d}"),
+                               os.path.join(tmp_path, f"ckpt_{step:06d}"))
+
+
+@needs_mpi
+def test_sharded_bf16_masters_resume_from_two_ranks_on_one_and_from_one_on_two(
+        text_file, tmp_path, reference):
+    """The masters sharded on 2 ranks are gathered whole into the checkpoint (2 -> 1), and a
+    1-rank checkpoint's masters are sharded on resume (1 -> 2 --zero 1): both end on one
+    process's step 6, bit for bit."""
+    bf16 = ("--precision", "bf16")
+    two = tmp_path / "two_then_one"
+    run(2, train_argv(text_file, two, "--max-steps", "3", "--zero", "1", *bf16))
+    run(None, ["train", "--resume", str(two), "--max-steps", "6", "--no-progress"])
+    assert_same_checkpoint(os.path.join(reference(2, precision="bf16"), "ckpt_000006"),
+                           str(two / "ckpt_000006"))
+
+    one = tmp_path / "one_then_two"
+    run(None, train_argv(text_file, one, "--max-steps", "3", "--grad-accum", "2", *bf16))
+    p = run(2, ["train", "--resume", str(one), "--max-steps", "6", "--no-progress", "--zero", "1"])
+    assert "bytes of fp32 masters" in p.stdout
+    assert_same_checkpoint(os.path.join(reference(2, precision="bf16"), "ckpt_000006"),
+                           str(one / "ckpt_000006"))
 
 
 @needs_mpi
@@ -295,6 +325,7 @@ def test_layout_cuts_padded_buckets_that_cover_every_tensor_once():
 class _OneRankMpi:
     """An MPI transport of one rank: what distributed.MpiTransport does with COMM_SELF."""
     xp = np
+    bits16 = distributed.MpiTransport.bits16
 
     def alltoall(self, send, recv, what):
         recv[...] = send
@@ -314,6 +345,46 @@ def test_zero1_shards_hold_their_part_of_the_moments():
         per_rank = [s.moment_bytes() for s in shards]
         assert sum(per_rank) == full                        # every moment held once
         assert max(per_rank) == 2 * 4 * -(-44 // size)      # and at most 1/N (padded) each
+
+
+def test_zero1_under_bf16_shards_the_fp32_masters_and_steps_as_adamw():
+    """Each rank keeps 1/N of the fp32 masters (every master held once) and the params dict
+    then holds bf16 weights only; on one rank a step is AdamW's followed by the rounding to
+    bf16, and whole_masters() shows AdamW's fp32 parameters."""
+    from scratchgpt.ops import get_backend
+    from scratchgpt.optim import AdamW
+    from scratchgpt.precision import storage_dtype, to_storage
+    bf16 = storage_dtype("bf16")
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((5, 7), dtype=np.float32),
+              "b": rng.standard_normal(9, dtype=np.float32)}          # 44 elements
+    be = get_backend("numpy")
+    for size in (1, 2, 8):
+        dicts = [dict(params) for _ in range(size)]
+        shards = [ShardedAdamW(d, be, _OneRankMpi(), r, size, "bf16")
+                  for r, d in enumerate(dicts)]
+        per_rank = [s.master_bytes() for s in shards]
+        assert sum(per_rank) == 4 * 44 and max(per_rank) == 4 * -(-44 // size)
+        for d in dicts:
+            assert all(d[k].dtype == bf16 and d[k].shape == params[k].shape for k in d)
+            assert all(np.array_equal(d[k], to_storage(params[k], "bf16")) for k in d)
+
+    grads = {k: rng.standard_normal(p.shape, dtype=np.float32) for k, p in params.items()}
+    plain_params = {k: p.copy() for k, p in params.items()}
+    plain = AdamW(plain_params, be, lr=1e-2)
+    sharded_params = dict(params)
+    sharded = ShardedAdamW(sharded_params, be, _OneRankMpi(), 0, 1, "bf16", lr=1e-2)
+    for _ in range(2):
+        plain.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=1.0)
+        sharded.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=1.0)
+    for k in params:
+        assert np.array_equal(sharded_params[k], to_storage(plain_params[k], "bf16"))
+    with sharded.whole_masters():
+        assert all(sharded_params[k].dtype == np.float32 and
+                   np.array_equal(sharded_params[k], plain_params[k]) for k in params)
+    assert all(sharded_params[k].dtype == bf16 for k in params)
+    state = sharded.state_dict()
+    assert all(np.array_equal(state[w][k], getattr(plain, w)[k]) for w in "mv" for k in params)
 
 
 @pytest.fixture
@@ -376,6 +447,37 @@ def test_nccl_path_on_the_emulated_device_buckets_and_orders_its_calls(emulated)
     assert [c[0] for c in nccl.calls] == ["allGather", "allGather"]
     for k in model.params:
         assert np.array_equal(emulated.asnumpy(model.params[k]), emulated.asnumpy(twin.params[k]))
+
+
+def test_sharded_bf16_masters_gather_16_bit_weights_over_nccl_on_the_emulated_device(emulated):
+    """ZeRO-1 with bf16 masters over one rank of NCCL: each step is one allGather of the padded
+    vector's 16-bit weights (as NCCL_FLOAT16: NCCL has no uint16, the gather only copies), and
+    the model's weights equal AdamW's fp32 parameters rounded to bf16."""
+    from scratchgpt.config import GPTConfig
+    from scratchgpt.model import GPT
+    from scratchgpt.optim import AdamW
+    from scratchgpt.precision import to_storage
+    nccl = _standin()
+    comm = nccl.NcclCommunicator(1, nccl.get_unique_id(), 0)
+    transport = NcclTransport(comm, nccl, emulated, Watchdog(10, 0, 1, [], pytest.fail))
+    cfg = GPTConfig.preset("nano", vocab_size=17)
+    model = GPT(cfg, backend="cuda", precision="bf16", seed=3)
+    twin = GPT(cfg, backend="cuda", precision="bf16", seed=3)
+    idx = np.random.default_rng(1).integers(0, 17, (2, cfg.block_size))
+    model.forward(idx, idx)
+    grads = model.backward()
+    sharded = ShardedAdamW(model.params, model.be, transport, 0, 1, "bf16", lr=1e-2)
+    plain = AdamW(twin.params, twin.be, lr=1e-2)
+    nccl.calls.clear()
+    for _ in range(2):
+        sharded.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=0.5)
+        plain.step({k: g.copy() for k, g in grads.items()}, max_grad_norm=0.5)
+    assert [c[0] for c in nccl.calls] == ["allGather", "allGather"]
+    assert all(c[3:5] == (sharded.layout.padded, nccl.NCCL_FLOAT16) for c in nccl.calls)
+    model.sync_lowp()
+    for k in model.params:
+        want = emulated.asnumpy(to_storage(twin.params[k], "bf16"))
+        assert np.array_equal(emulated.asnumpy(model.params_lp[k]), want), k
 
 
 def test_the_device_checks_nccl_run_passes_on_the_emulated_device(emulated, monkeypatch, capsys):

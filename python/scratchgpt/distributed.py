@@ -1,5 +1,6 @@
 """Data parallelism: ranks started by MPI, gradients summed in a fixed order (MPI on CPUs, NCCL on
-GPUs), ZeRO-1 sharding of AdamW's moments. docs/distributed.md has the design and the numbers.
+GPUs), ZeRO-1 sharding of AdamW's moments (and of the fp32 master weights under bf16 / fp16).
+docs/distributed.md has the design and the numbers.
 
     mpiexec -n 2 scratchgpt train --preset mini --batch-size 8             # = --grad-accum 2 alone
     mpiexec -n 2 scratchgpt train --preset mini --batch-size 8 --zero 1    # AdamW moments sharded
@@ -16,14 +17,16 @@ What one step does on N ranks (train.train_step calls the three methods of DataP
                     a sum in rank order (chunk_0 + chunk_1, then + chunk_2, ...), an all-gather
     optimizer       AdamW, or with --zero 1 ShardedAdamW: each rank updates its 1/N of the flat
                     parameter vector with its 1/N of the moments, then the parameters are
-                    all-gathered
+                    all-gathered; under bf16 / fp16 it keeps only its 1/N of the fp32 masters
+                    too, and the all-gather moves the 16-bit weights the forward reads
 
 Bit identity. One process with --grad-accum N sums its micro-batch gradients as
 ((g0 + g1) + g2) + ...; the rank-order sum does the same float additions, element by element, so
 `mpiexec -n N ... --grad-accum 1` equals `--grad-accum N` alone bit for bit for every N (numpy, host
 and cuda backends alike). With A > 1 micro-batches per rank the local sums come first
 ((g0 + g1) + (g2 + g3) for N = 2, A = 2): equal up to float rounding only. ZeRO-1 is AdamW applied
-to slices of the same tensors (an element-wise update), so it is bit-identical to AdamW. MPI's own
+to slices of the same tensors (an element-wise update), so it is bit-identical to AdamW; with
+sharded masters each rank rounds its own masters to 16 bits, which is element-wise too. MPI's own
 Allreduce and NCCL's ring do not promise an order; this is why the sum is ours.
 
 Faults. A rank that raises prints `rank R of N failed: <cause>` and calls MPI_Abort, which ends
@@ -50,6 +53,7 @@ import numpy as np
 
 from .errors import Interrupted, ScratchError, UsageError
 from .optim import AdamW
+from .precision import check_precision, storage_dtype, to_storage
 from .reference.adamw import decays
 
 # the launchers' size variables: MPICH / Intel MPI (hydra), Open MPI, PMIx
@@ -160,6 +164,8 @@ class PeerMonitor(threading.Thread):
 class MpiTransport:
     """The two flat-buffer collectives the reduction needs, on NumPy arrays through MPI."""
 
+    bits16 = np.uint16           # how bf16 / fp16 travel (MPI has no bf16; all-gather copies)
+
     def __init__(self, comm, watchdog):
         self.comm, self.watchdog = comm, watchdog
         self.xp = np
@@ -183,6 +189,8 @@ class NcclTransport:
     the all-to-all as grouped send / recv to every peer (NCCL >= 2.7), the all-gather as
     ncclAllGather, both on the current stream. `nccl` is the module holding groupStart /
     groupEnd (cupy.cuda.nccl, or a stand-in with the same interface)."""
+
+    bits16 = np.float16          # how bf16 / fp16 travel (NCCL has no uint16; all-gather copies)
 
     def __init__(self, comm, nccl, xp, watchdog):
         self.comm, self.nccl, self.xp, self.watchdog = comm, nccl, xp, watchdog
@@ -311,17 +319,28 @@ class ShardedAdamW(AdamW):
     [r*S, (r+1)*S) of the flat parameter vector (S = padded size / N), updates those elements
     after the global-norm clip (computed from the full, already reduced gradients, as AdamW
     does), and all-gathers the parameters. state_dict() gathers the full moments (every rank
-    takes part; checkpoints hold them whole, so a run resumes on any number of ranks)."""
+    takes part; checkpoints hold them whole, so a run resumes on any number of ranks).
 
-    def __init__(self, params, backend, transport, rank, size, **hyper):
+    Under bf16 / fp16 (precision) the fp32 master weights are sharded the same way: the rank
+    keeps its 1/N of the masters in `masters`, and `params` (the model's dict) then holds the 16-bit
+    weights the forward reads, views of one flat vector that the step all-gathers. Each rank
+    rounds its own updated masters to 16 bits and the 16-bit shards are gathered: rounding is
+    element-wise, so this is the copy one process's sync_lowp makes, bit for bit, at half the
+    bytes of gathering fp32. whole_masters() puts the gathered fp32 masters in `params` while
+    a checkpoint is written."""
+
+    def __init__(self, params, backend, transport, rank, size, precision="fp32", **hyper):
         self.t, self.rank, self.size = transport, rank, size
-        dtype = next(iter(params.values())).dtype
+        self.dtype = next(iter(params.values())).dtype       # the masters' and moments'
         self.layout = Layout([(k, p.shape) for k, p in params.items()], size, 1 << 62,
-                             np.dtype(dtype).itemsize)
+                             self.dtype.itemsize)
         shard = self.layout.padded // size
         self.shard = (rank * shard, (rank + 1) * shard)
         self.buffers = None
+        self.precision, self.masters = check_precision(precision), None
         super().__init__(params, backend, **hyper)
+        if storage_dtype(precision) is not None:
+            self._shard_masters()
 
     def _pieces(self):
         return self.layout.pieces(*self.shard)
@@ -346,8 +365,25 @@ class ShardedAdamW(AdamW):
     def _shard_of(self, full):
         return {name: flat(full[name])[lo:hi].copy() for name, lo, hi, _ in self._pieces()}
 
+    def _shard_masters(self):
+        """Keep this rank's fp32 masters; replace the params dict's full fp32 arrays (dropped
+        here) by 16-bit views of `lowp`, rounded from the full masters every rank starts with."""
+        self.masters = self._shard_of(self.params)
+        self.lowp = self.be.xp.zeros(self.layout.padded, storage_dtype(self.precision))
+        self.lowp_send = self.be.xp.zeros(self.shard[1] - self.shard[0], self.lowp.dtype)
+        for name, offset, n in self.layout.entries:
+            shape = self.params[name].shape
+            self.lowp[offset:offset + n] = to_storage(flat(self.params[name]), self.precision)
+            self.params[name] = self.lowp[offset:offset + n].reshape(shape)
+
     def moment_bytes(self):
         return sum(a.nbytes for a in self._m.values()) + sum(a.nbytes for a in self._v.values())
+
+    def master_bytes(self):
+        """The bytes of fp32 masters this rank holds (all of them without mixed precision,
+        where the masters are the parameters themselves)."""
+        held = self.masters if self.masters is not None else self.params
+        return sum(a.nbytes for a in held.values())
 
     def step(self, grads, lr=None, max_grad_norm=None):
         if set(grads) != set(self.params):
@@ -358,41 +394,83 @@ class ShardedAdamW(AdamW):
         lr = self.lr if lr is None else lr
         for name, lo, hi, _ in self._pieces():
             p = self.params[name]
-            op.update(flat(p)[lo:hi], flat(grads[name])[lo:hi], self._m[name], self._v[name],
+            own = flat(p)[lo:hi] if self.masters is None else self.masters[name]
+            op.update(own, flat(grads[name])[lo:hi], self._m[name], self._v[name],
                       self.step_count, lr, self.betas[0], self.betas[1], self.eps,
                       self.weight_decay if decays(name, p) else 0.0)
-        self._gather(lambda name, lo, hi: flat(self.params[name])[lo:hi],
-                     lambda name, lo, hi, src: flat(self.params[name]).__setitem__(
-                         slice(lo, hi), src), "parameter all-gather")
+        if self.masters is None:
+            self._gather(lambda name, lo, hi: flat(self.params[name])[lo:hi],
+                         lambda name, lo, hi, src: flat(self.params[name]).__setitem__(
+                             slice(lo, hi), src), "parameter all-gather")
+        else:
+            self._pack(self.lowp_send,
+                       lambda name, lo, hi: to_storage(self.masters[name], self.precision))
+            bits = self.t.bits16                 # 16-bit payload: the collective only copies
+            self.t.allgather(self.lowp_send.view(bits), self.lowp.view(bits),
+                             f"{self.precision} parameter all-gather")
         return norm
+
+    def _allgather_flat(self, own, what):
+        """The flat padded fp32 vector whose shard on this rank own(name, lo, hi) gives. Its
+        buffers are kept when the parameters are fp32 and whole anyway (a fresh vector per
+        step costs page faults); with sharded masters they are made per call, at checkpoints."""
+        xp = self.be.xp
+        buffers = self.buffers or (xp.zeros(self.shard[1] - self.shard[0], self.dtype),
+                                   xp.empty(self.layout.padded, self.dtype))
+        if self.masters is None:
+            self.buffers = buffers
+        send, full = buffers
+        self._pack(send, own)
+        self.t.allgather(send, full, what)
+        return full
+
+    def _pack(self, send, own):
+        """This rank's shard into send, each tensor's piece from own(name, lo, hi)."""
+        start = self.shard[0]
+        for name, lo, hi, at in self._pieces():
+            send[at - start:at - start + hi - lo] = own(name, lo, hi)
 
     def _gather(self, own, put, what):
         """All-gather the flat vector whose own shard own(name, lo, hi) gives; put each
         tensor's piece back with put(name, lo, hi, values)."""
-        xp = self.be.xp
-        if self.buffers is None:           # kept: a fresh vector per step costs page faults
-            dtype = next(iter(self.params.values())).dtype
-            self.buffers = (xp.zeros(self.shard[1] - self.shard[0], dtype),
-                            xp.empty(self.layout.padded, dtype))
-        send, full = self.buffers
-        start = self.shard[0]
-        for name, lo, hi, at in self._pieces():
-            send[at - start:at - start + hi - lo] = own(name, lo, hi)
-        self.t.allgather(send, full, what)
+        full = self._allgather_flat(own, what)
         for name, lo, hi, at in self.layout.pieces(0, self.layout.numel):
             put(name, lo, hi, full[at:at + hi - lo])
+
+    @contextlib.contextmanager
+    def whole_masters(self):
+        """With sharded masters: `params` holds the full fp32 masters (gathered; every rank takes
+        part) inside the block, the 16-bit views again after it. Without: nothing to do."""
+        if self.masters is None:
+            yield
+            return
+        full = self._allgather_flat(lambda name, lo, hi: self.masters[name], "fp32 master gather")
+        lowp = dict(self.params)
+        self.params.update({name: full[offset:offset + n].reshape(lowp[name].shape)
+                            for name, offset, n in self.layout.entries})
+        try:
+            yield
+        finally:
+            self.params.update(lowp)
 
     def state_dict(self):
         xp = self.be.xp
         full = {}
         for which, moments in (("m", self._m), ("v", self._v)):
-            out = {k: xp.empty(p.shape, p.dtype) for k, p in self.params.items()}
+            out = {k: xp.empty(p.shape, self.dtype) for k, p in self.params.items()}
             self._gather(lambda name, lo, hi: moments[name],
                          lambda name, lo, hi, src: flat(out[name]).__setitem__(slice(lo, hi), src),
                          f"ZeRO-1 {which} gather")
             full[which] = out
         return {"step": self.step_count, "m": full["m"], "v": full["v"], "lr": self.lr,
                 "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def load_state_dict(self, state):
+        # AdamW's casts the moments to the parameters' dtype, 16-bit here with sharded masters
+        xp = self.be.xp
+        self.step_count = int(state["step"])
+        self.m = {k: xp.asarray(state["m"][k]).astype(self.dtype) for k in self.params}
+        self.v = {k: xp.asarray(state["v"][k]).astype(self.dtype) for k in self.params}
 
 
 # --------------------------------------------------------------------------------- the world
@@ -547,15 +625,33 @@ class DataParallel:
     bucket_bytes = DEFAULT_BUCKET_MB * 2 ** 20
 
     # ------------------------------------------------------------------------ optimizer
-    def optimizer(self, params, backend, zero=0, **hyper):
+    def optimizer(self, params, backend, zero=0, precision="fp32", **hyper):
+        """AdamW, or ShardedAdamW for --zero 1 on several ranks (which under bf16 / fp16 shards
+        the fp32 masters too: `params` then holds the 16-bit weights, see ShardedAdamW)."""
         if zero and self.size > 1:
-            return ShardedAdamW(params, backend, self.transport, self.rank, self.size, **hyper)
+            return ShardedAdamW(params, backend, self.transport, self.rank, self.size,
+                                precision, **hyper)
         return AdamW(params, backend, **hyper)
 
     def take_part_in_save(self, opt):
         """A rank other than 0 at a checkpoint: ZeRO-1's moments are gathered for rank 0."""
         if isinstance(opt, ShardedAdamW):
             opt.state_dict()
+
+    def whole_masters(self, opt):
+        """Around a checkpoint, on every rank: the model's params are the full fp32 masters
+        (gathered when ZeRO-1 shards them, see ShardedAdamW.whole_masters)."""
+        if isinstance(opt, ShardedAdamW):
+            return opt.whole_masters()
+        return contextlib.nullcontext()
+
+    def describe_optimizer(self, opt):
+        """'; ZeRO-1 per rank: ... bytes' (this rank's shard), or '' when nothing is sharded."""
+        if not isinstance(opt, ShardedAdamW):
+            return ""
+        masters = opt.master_bytes() if opt.masters is not None else None
+        return (f"; ZeRO-1 per rank: {opt.moment_bytes():,} bytes of AdamW moments"
+                + (f", {masters:,} bytes of fp32 masters" if masters is not None else ""))
 
     def use_device(self, backend):
         """cuda under mpiexec: one GPU per rank (by local rank) and NCCL for the gradients."""

@@ -530,8 +530,8 @@ def train(args, extra_docs=(), on_step=None):
         model = model_class(cfg)(cfg, backend=backend, dtype=args.dtype, seed=args.seed,
                                  precision=args.precision)
         state = {"step": 0}
-    opt = dp.optimizer(model.params, model.be, getattr(args, "zero", 0), lr=args.lr,
-                       betas=(args.beta1, args.beta2), weight_decay=args.weight_decay)
+    opt = dp.optimizer(model.params, model.be, getattr(args, "zero", 0), model.precision,
+                       lr=args.lr, betas=(args.beta1, args.beta2), weight_decay=args.weight_decay)
     mp = MixedPrecision(model, opt, growth_interval=args.loss_scale_interval)
     if ckpt is not None:
         load_optimizer(ckpt, opt, state)
@@ -544,11 +544,16 @@ def train(args, extra_docs=(), on_step=None):
     log(args, f"model: {cfg.num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_embd} wide, "
         f"context {cfg.block_size}, vocab {cfg.vocab_size}); backend {backend} {describe(model)}; "
         f"{len(train_tokens):,} train / {len(val_tokens):,} val tokens"
-        + (f"; resuming at step {start}" if ckpt is not None else "") + dp.describe())
+        + (f"; resuming at step {start}" if ckpt is not None else "") + dp.describe()
+        + dp.describe_optimizer(opt))
 
     saved = {"step": None}
 
     def checkpoint(step):
+        with dp.whole_masters(opt):                # gathered when ZeRO-1 shards them
+            return write_checkpoint(step)
+
+    def write_checkpoint(step):
         if not dp.is_writer:                       # rank 0 writes; the others take part
             dp.take_part_in_save(opt)
             saved["step"] = step
