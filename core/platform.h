@@ -9,3 +9,11 @@
 #else
 #include "executor.h"
 #endif
+
+// Full unrolling of a fixed-trip loop (register arrays must not be indexed dynamically); the
+// host compiler unrolls such loops on its own at -O2.
+#if defined(__CUDACC__)
+#define SCRATCH_UNROLL _Pragma("unroll")
+#else
+#define SCRATCH_UNROLL
+#endif

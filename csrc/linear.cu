@@ -112,14 +112,6 @@
 #include "core/mma.h"
 #include "csrc/launchers.h"
 
-// Full unrolling of the fixed-trip tile loops (register arrays must not be indexed dynamically);
-// the host compiler unrolls them on its own at -O2.
-#if defined(__CUDACC__)
-#define SCRATCH_UNROLL _Pragma("unroll")
-#else
-#define SCRATCH_UNROLL
-#endif
-
 namespace scratch::kernels {
 namespace {
 

@@ -48,12 +48,6 @@
 #include "csrc/elementwise.h"
 #include "csrc/launchers.h"
 
-#if defined(__CUDACC__)
-#define SCRATCH_UNROLL _Pragma("unroll")
-#else
-#define SCRATCH_UNROLL
-#endif
-
 namespace scratch::kernels {
 namespace {
 

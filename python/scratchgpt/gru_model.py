@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .memory import Estimate, _itemsize, _kernels
-from .model import DTYPES, sample_next
+from .model import DTYPES, GPT, sample_next
 from .ops import get_backend
 
 ARCH = "gru"
@@ -137,19 +137,7 @@ class GRULM:
     def eval(self):
         return self.train(False)
 
-    def load_params(self, params):
-        shapes = self.cfg.param_shapes()
-        if set(params) != set(shapes):
-            missing, extra = set(shapes) - set(params), set(params) - set(shapes)
-            raise ValueError(f"params: names differ from the config (missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(extra)[:5]})")
-        for k, v in params.items():
-            if tuple(v.shape) != shapes[k]:
-                raise ValueError(f"params[{k!r}]: expected shape {shapes[k]}, got {tuple(v.shape)}")
-        self.params = {k: self.be.xp.asarray(np.asarray(v, dtype=self.dtype)
-                                             if isinstance(v, np.ndarray) else v.astype(self.dtype))
-                       for k, v in params.items()}
-        self.sync_lowp()
+    load_params = GPT.load_params        # names and shapes checked against the config
 
     def _ids(self, idx, name="idx"):
         if not hasattr(idx, "dtype") or not np.issubdtype(idx.dtype, np.integer):
