@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .memory import Estimate, _itemsize, _kernels
-from .model import DTYPES, GPT, sample_next
+from .model import DTYPES, GPT, check_sampling, sample_next
 from .ops import get_backend
 
 ARCH = "gru"
@@ -210,14 +210,7 @@ class GRULM:
         if idx.ndim == 1:
             idx = idx[None]
         self._ids(idx[:, :1])
-        if idx.shape[1] == 0:
-            raise ValueError("idx: the prompt must hold at least one token")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k: expected None or >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p: expected None or a value in (0, 1], got {top_p}")
+        check_sampling(idx, temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
         states = [None] * self.cfg.n_layer
         out, pending = idx, idx

@@ -333,14 +333,7 @@ class GPT:
         if idx.ndim == 1:
             idx = idx[None]
         self._check_idx(idx[:, -self.cfg.block_size:])
-        if idx.shape[1] == 0:
-            raise ValueError("idx: the prompt must hold at least one token")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k: expected None or >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p: expected None or a value in (0, 1], got {top_p}")
+        check_sampling(idx, temperature, top_k, top_p)
         Tmax = self.cfg.block_size
         if idx.shape[1] > Tmax:
             warnings.warn(f"prompt of {idx.shape[1]} tokens is longer than the context "
@@ -367,6 +360,18 @@ class GPT:
             return out
         finally:
             self.training = was_training
+
+
+def check_sampling(idx, temperature, top_k, top_p):
+    """generate()'s arguments: a non-empty prompt [B, T] and the sampling knobs in range."""
+    if idx.shape[1] == 0:
+        raise ValueError("idx: the prompt must hold at least one token")
+    if temperature < 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k: expected None or >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p: expected None or a value in (0, 1], got {top_p}")
 
 
 def sample_next(logits, temperature, top_k, top_p, rng):
