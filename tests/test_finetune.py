@@ -250,3 +250,13 @@ def test_adamw_lr_scale_scales_each_named_parameters_step():
     assert np.abs(step).min() > 1e-3
     np.testing.assert_allclose(params["body"] - start, 0.25 * step, rtol=1e-10)
     np.testing.assert_array_equal(params["frozen"], start)
+
+
+def test_pretraining_defaults_by_task_and_explicit_values_kept():
+    from scratchgpt.finetune import parse_args
+    classify_args = parse_args(["--data", "x.tsv"])
+    assert (classify_args.corpus, classify_args.vocab_size) == ("english", 4096)
+    qa_args = parse_args(["--task", "qa"])
+    assert (qa_args.corpus, qa_args.vocab_size) == ("python", 1024)
+    mine = parse_args(["--data", "x.tsv", "--corpus", "mixed", "--vocab-size", "512"])
+    assert (mine.corpus, mine.vocab_size) == ("mixed", 512)
