@@ -252,11 +252,9 @@ def test_adamw_lr_scale_scales_each_named_parameters_step():
     np.testing.assert_array_equal(params["frozen"], start)
 
 
-def test_pretraining_defaults_by_task_and_explicit_values_kept():
+def test_vocab_size_defaults_by_task_and_an_explicit_one_is_kept():
     from scratchgpt.finetune import parse_args
-    classify_args = parse_args(["--data", "x.tsv"])
-    assert (classify_args.corpus, classify_args.vocab_size) == ("english", 4096)
-    qa_args = parse_args(["--task", "qa"])
-    assert (qa_args.corpus, qa_args.vocab_size) == ("python", 1024)
-    mine = parse_args(["--data", "x.tsv", "--corpus", "mixed", "--vocab-size", "512"])
-    assert (mine.corpus, mine.vocab_size) == ("mixed", 512)
+    assert parse_args(["--data", "x.tsv"]).vocab_size == 4096
+    assert parse_args(["--task", "qa"]).vocab_size == 1024
+    assert parse_args(["--task", "translate"]).vocab_size == 1024
+    assert parse_args(["--data", "x.tsv", "--vocab-size", "512"]).vocab_size == 512
