@@ -475,19 +475,19 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
     p.add_argument("--body-lr-scale", type=nonneg_float, default=1.0, metavar="S",
-                   help="the pretrained transformer's learning rate is S times --lr, the new "
-                   "head's --lr (default 1: one rate; 0 freezes the body)")
+                   help="classify: the pretrained transformer's learning rate is S times "
+                   "--lr, the new head's --lr (default 1: one rate; 0 freezes the body)")
     p.add_argument("--warmup-steps", type=nonneg_int, default=None,
                    help="default: 0.2%% of the steps")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.01)
     p.add_argument("--dropout", type=probability, default=0.1, help="dropout while fine-tuning")
     p.add_argument("--pool", default="last", choices=ClassifierHead.POOLS,
-                   help="what the classification head reads: the final hidden state at the "
+                   help="classify: what the head reads: the final hidden state at the "
                    "delimiter token (last, GPT-1's; the default) or the mean of the final "
                    "hidden states over the text (mean)")
-    p.add_argument("--average-epochs", type=positive_int, default=1, metavar="K",
+    p.add_argument("--average-epochs", type=positive_int, default=3, metavar="K",
                    help="classify with the mean of the weights at the ends of the last K "
-                   "epochs (checkpoint averaging; default 1: the last epoch's weights)")
+                   "epochs (checkpoint averaging; default 3; 1: the last epoch's weights)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     add_precision_arguments(p)
     p.add_argument("--out", default="runs/finetune")
