@@ -144,9 +144,9 @@ def test_without_ckpt_a_small_model_is_pretrained_first_and_reused(tmp_path, cap
     assert first["pretrained_from"].endswith(os.path.join("pretrain", "ckpt_000003"))
     model, _, tok, _ = load_model(first["pretrained_from"])
     assert model.cfg.n_layer == 1 and tok.kind == "bpe" and tok.vocab_size <= 300
-    # the pretraining data held the 48 training texts, 4 copies each (--text-repeats)
+    # the pretraining data held the 48 training texts, 16 copies each (--text-repeats)
     with open(tmp_path / "ft" / "pretrain" / "data" / "source.json") as f:
-        assert json.load(f)["extra_docs"] == 48 * 4
+        assert json.load(f)["extra_docs"] == 48 * 16
     assert main(argv) == 0
     assert "reusing" in capsys.readouterr().err            # --json: messages go to stderr
 
@@ -252,9 +252,13 @@ def test_adamw_lr_scale_scales_each_named_parameters_step():
     np.testing.assert_array_equal(params["frozen"], start)
 
 
-def test_vocab_size_defaults_by_task_and_an_explicit_one_is_kept():
+def test_pretraining_defaults_by_task_and_explicit_values_kept():
     from scratchgpt.finetune import parse_args
-    assert parse_args(["--data", "x.tsv"]).vocab_size == 4096
-    assert parse_args(["--task", "qa"]).vocab_size == 1024
-    assert parse_args(["--task", "translate"]).vocab_size == 1024
-    assert parse_args(["--data", "x.tsv", "--vocab-size", "512"]).vocab_size == 512
+
+    def pretraining(argv):
+        args = parse_args(argv)
+        return args.vocab_size, args.text_repeats
+    assert pretraining(["--data", "x.tsv"]) == (4096, 16)
+    assert pretraining(["--task", "qa"]) == (1024, 4)
+    assert pretraining(["--task", "translate"]) == (1024, 4)
+    assert pretraining(["--data", "x.tsv", "--vocab-size", "512", "--text-repeats", "2"]) == (512, 2)
