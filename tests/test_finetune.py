@@ -10,8 +10,8 @@ import pytest
 from scratchgpt import GPT, GPTConfig
 from scratchgpt.checkpoint import load_model, save_checkpoint
 from scratchgpt.cli import main
-from scratchgpt.finetune import (ClassifierHead, baseline_accuracy, make_batch, read_labelled,
-                                 split_examples)
+from scratchgpt.finetune import (ClassifierHead, WeightAverage, baseline_accuracy, classify,
+                                 encode_examples, make_batch, read_labelled, split_examples)
 from scratchgpt.tokenizer import CharTokenizer
 
 LAM = 0.5
@@ -144,8 +144,121 @@ def test_without_ckpt_a_small_model_is_pretrained_first_and_reused(tmp_path, cap
     assert first["pretrained_from"].endswith(os.path.join("pretrain", "ckpt_000003"))
     model, _, tok, _ = load_model(first["pretrained_from"])
     assert model.cfg.n_layer == 1 and tok.kind == "bpe" and tok.vocab_size <= 300
-    # the pretraining data held the 48 training texts, 4 copies each (--text-repeats)
+    # the pretraining data held the 48 training texts, 16 copies each (--text-repeats)
     with open(tmp_path / "ft" / "pretrain" / "data" / "source.json") as f:
-        assert json.load(f)["extra_docs"] == 48 * 4
+        assert json.load(f)["extra_docs"] == 48 * 16
     assert main(argv) == 0
     assert "reusing" in capsys.readouterr().err            # --json: messages go to stderr
+
+
+def test_mean_pooled_head_gradients_match_finite_differences_and_ignore_padding():
+    model = GPT(GPTConfig.preset("nano"), dtype="float64", seed=5)
+    head = ClassifierHead(2, model.cfg.n_embd, model.be, np.float64, seed=6, pool="mean")
+    rng = np.random.default_rng(7)
+    head.params["head.weight"] += rng.normal(0, 0.5, head.params["head.weight"].shape)
+    seqs = [list(rng.integers(0, 32, n)) for n in (6, 2, 4)]
+    idx, targets, last = make_batch(seqs, pad_id=0)
+    labels = np.array([1, 0, 1])
+    model.forward(idx)
+    logits, _ = head.forward(model.hidden, last, labels)
+    # the mean over each row's own tokens, the padding left out
+    for r, n in enumerate((6, 2, 4)):
+        h = model.hidden[r, :n].mean(axis=0)
+        np.testing.assert_allclose(logits[r], head.params["head.weight"] @ h
+                                   + head.params["head.bias"], rtol=1e-12)
+    combined_loss(model, head, idx, targets, last, labels)
+    dhidden, grads = head.backward()
+    assert np.all(dhidden[1, 2:] == 0) and np.all(dhidden[2, 4:] == 0)
+    grads.update(model.backward(loss_weight=LAM, dhidden=dhidden))
+    params = {**model.params, **head.params}
+    eps = 1e-6
+    for name in ("head.weight", "h.0.attn.c_attn.weight", "wte.weight"):
+        w = params[name]
+        for i in rng.choice(w.size, size=4, replace=False):
+            old = w.flat[i]
+            w.flat[i] = old + eps
+            fp = combined_loss(model, head, idx, targets, last, labels)
+            w.flat[i] = old - eps
+            fm = combined_loss(model, head, idx, targets, last, labels)
+            w.flat[i] = old
+            numeric = (fp - fm) / (2 * eps)
+            assert abs(numeric - grads[name].flat[i]) <= 1e-7 * max(1.0, abs(numeric)), (name, i)
+
+
+def test_weight_average_is_the_mean_of_the_last_k_epochs():
+    model = GPT(GPTConfig.preset("nano"), dtype="float32", seed=0)
+    params = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
+    average = WeightAverage(params, model.be, k=3, epochs=5)
+    for epoch in range(5):                    # epochs 2, 3, 4 are averaged: values 2, 3, 4
+        params["a"][...] = epoch
+        params["b"][...] = 10 * epoch
+        average.end_of_epoch(epoch)
+    a_before = params["a"]
+    average.apply()
+    assert average.count == 3 and params["a"] is a_before          # written in place
+    np.testing.assert_array_equal(params["a"], np.full((2, 3), 3.0))
+    np.testing.assert_array_equal(params["b"], np.full(4, 30.0))
+
+
+def test_finetune_with_mean_pool_and_averaging_reports_the_averaged_model(tmp_path, capsys):
+    data = tmp_path / "toy.tsv"
+    write_toy_task(data, n=120)
+    tok = CharTokenizer.train("abcdefghi")
+    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
+    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    assert main(["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"),
+                 "--epochs", "3", "--batch-size", "8", "--lr", "1e-2", "--pool", "mean",
+                 "--average-epochs", "2", "--out", str(tmp_path / "ft"), "--no-progress",
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["pool"] == "mean" and summary["averaged_epochs"] == 2
+    assert "averaged over the last 2 epochs" in out.err
+    assert summary["accuracy"] >= 0.9
+    # the saved model is the averaged one: reloaded, it classifies as reported
+    ft, _, _, _ = load_model(summary["checkpoint"])
+    head = ClassifierHead(3, ft.cfg.n_embd, ft.be, ft.dtype, pool="mean")
+    from safetensors.numpy import load_file
+    head.params.update(load_file(os.path.join(summary["checkpoint"], "head.safetensors")))
+    texts, labels = read_labelled(data)
+    tr, te = split_examples(len(texts), 0.2, seed=1337)
+    seqs = encode_examples(tok, texts, ft.cfg.block_size)
+    y = np.array([int(v[-1]) for v in labels])
+    acc = np.mean(classify(ft, head, [seqs[i] for i in te], seqs[0][-1], 64) == y[te])
+    assert acc == pytest.approx(summary["accuracy"])
+
+
+def test_unknown_pool_is_refused():
+    model = GPT(GPTConfig.preset("nano"), dtype="float32", seed=0)
+    with pytest.raises(ValueError, match="pool"):
+        ClassifierHead(2, 16, model.be, np.float32, pool="max")
+    with pytest.raises(SystemExit):
+        main(["finetune", "--data", "x.tsv", "--pool", "max"])
+
+
+def test_adamw_lr_scale_scales_each_named_parameters_step():
+    from scratchgpt.optim import AdamW
+    model = GPT(GPTConfig.preset("nano"), dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 4))
+    params = {n: start.copy() for n in ("body", "head", "frozen")}
+    grad = rng.normal(size=(3, 4))
+    opt = AdamW(params, model.be, lr=1e-2, weight_decay=0.0,
+                lr_scale={"body": 0.25, "frozen": 0.0})
+    opt.step({n: grad.copy() for n in params})
+    step = params["head"] - start                         # scale 1: not in lr_scale
+    assert np.abs(step).min() > 1e-3
+    np.testing.assert_allclose(params["body"] - start, 0.25 * step, rtol=1e-10)
+    np.testing.assert_array_equal(params["frozen"], start)
+
+
+def test_pretraining_defaults_by_task_and_explicit_values_kept():
+    from scratchgpt.finetune import parse_args
+
+    def pretraining(argv):
+        args = parse_args(argv)
+        return args.vocab_size, args.text_repeats
+    assert pretraining(["--data", "x.tsv"]) == (4096, 16)
+    assert pretraining(["--task", "qa"]) == (1024, 4)
+    assert pretraining(["--task", "translate"]) == (1024, 4)
+    assert pretraining(["--data", "x.tsv", "--vocab-size", "512", "--text-repeats", "2"]) == (512, 2)

@@ -6,8 +6,12 @@ from .reference.adamw import decays
 
 
 class AdamW:
-    def __init__(self, params, backend, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+    def __init__(self, params, backend, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                 lr_scale=None):
         self.params = params                  # the model's dict, updated in place
+        # {name: factor}: a parameter's learning rate is lr * factor (1 for names not in it),
+        # e.g. a smaller one for a pretrained body than for a new head
+        self.lr_scale = dict(lr_scale or {})
         self.be = backend
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         xp = backend.xp
@@ -27,7 +31,8 @@ class AdamW:
         lr = self.lr if lr is None else lr
         for k in names:
             p = self.params[k]
-            op.update(p, grads[k], self.m[k], self.v[k], self.step_count, lr, self.betas[0],
+            op.update(p, grads[k], self.m[k], self.v[k], self.step_count,
+                      lr * self.lr_scale.get(k, 1.0), self.betas[0],
                       self.betas[1], self.eps, self.weight_decay if decays(k, p) else 0.0)
         return norm
 
