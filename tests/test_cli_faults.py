@@ -566,3 +566,32 @@ def test_kill_9_at_random_points_leaves_the_newest_checkpoint_loadable(work):
     model, state, tok, path = load_model(list_checkpoints(run)[-1])
     save_checkpoint(run, state["step"] + 1, model, tokenizer=tok)
     assert not [n for n in os.listdir(run) if n.startswith((".tmp_", ".del_")) or ".old_" in n]
+
+
+def test_a_second_signal_dropped_in_a_weakref_callback_is_raised_again(tmp_path, capfd,
+                                                                       monkeypatch):
+    """The garbage collector runs weakref callbacks at any bytecode; a signal handler that
+    raises inside one has its exception handed to sys.unraisablehook and dropped. The second
+    signal's Interrupted must still end the run, and print no traceback."""
+    import weakref
+    from scratchgpt.errors import Interrupted
+    from scratchgpt.train import StopOnSignal
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+
+    class Thing:
+        pass
+
+    def drop(thing, callback):
+        ref = weakref.ref(thing, callback)       # noqa: F841 (kept alive until thing dies)
+        del thing                                # the callback runs here; its exception is dropped
+
+    with StopOnSignal(str(tmp_path)) as stop:
+        stop._handle(signal.SIGINT, None)        # the first: finish the step
+        drop(Thing(), lambda _: stop._handle(signal.SIGINT, None))
+        with pytest.raises(Interrupted, match="interrupted again by SIGINT: stopped at once"):
+            stop.raise_if_again()
+        drop(Thing(), lambda _: 1 / 0)           # anything else goes to the hook it replaced
+    assert reported == [ZeroDivisionError]
+    assert "Traceback" not in capfd.readouterr().err

@@ -407,19 +407,36 @@ class StopOnSignal:
 
     def __init__(self, out):
         self.out, self.signum, self.previous = out, None, {}
+        self.again = None            # the second signal's Interrupted, once raised
+
+    def raise_if_again(self):
+        """Raise the second signal's Interrupted again: a handler's exception that lands in a
+        weakref callback or a __del__ (the garbage collector runs them at any bytecode) is
+        printed as "Exception ignored" and dropped, and the loop would carry on."""
+        if self.again is not None:
+            raise self.again
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
+        self.previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, unraisable):
+        """The second signal's Interrupted dropped in a weakref callback / __del__: no traceback
+        (raise_if_again raises it where it counts); anything else as Python reports it."""
+        if unraisable.exc_value is None or unraisable.exc_value is not self.again:
+            self.previous_unraisable(unraisable)
 
     def _handle(self, signum, frame):
         if self.signum is not None:
             kept = list_checkpoints(self.out)
-            raise Interrupted(f"interrupted again by {signal_name(signum)}: stopped at once",
-                              self.out, "the newest complete checkpoint is "
-                              f"{kept[-1] if kept else 'none yet'}", signum=signum)
+            self.again = Interrupted(f"interrupted again by {signal_name(signum)}: stopped at "
+                                     "once", self.out, "the newest complete checkpoint is "
+                                     f"{kept[-1] if kept else 'none yet'}", signum=signum)
+            raise self.again
         self.signum = signum
         print(f"\n{signal_name(signum)}: finishing this step, then writing a checkpoint "
               "(again to stop at once)", file=sys.stderr, flush=True)
@@ -427,6 +444,7 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = self.previous_unraisable
         return False
 
 
@@ -609,6 +627,7 @@ def train(args, extra_docs=(), on_step=None):
                     checkpoint(step + 1)
                 stop.signum = dp.first(stop.signum)       # one rank's signal stops every rank
                 if stop.signum is not None:
+                    stop.raise_if_again()
                     path = (os.path.join(out, f"ckpt_{step + 1:06d}")
                             if saved["step"] == step + 1 else checkpoint(step + 1))
                     bar.close()
