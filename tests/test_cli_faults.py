@@ -595,3 +595,26 @@ def test_a_second_signal_dropped_in_a_weakref_callback_is_raised_again(tmp_path,
         drop(Thing(), lambda _: 1 / 0)           # anything else goes to the hook it replaced
     assert reported == [ZeroDivisionError]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_checkpoint_deletion_cut_short_by_a_signal_is_finished_first(tmp_path, monkeypatch):
+    """A second signal's Interrupted can arrive while an old checkpoint is being deleted: the
+    deletion finishes before the exception goes on, so no hidden .del_ folder is left."""
+    from scratchgpt import checkpoint
+    real_rmtree = shutil.rmtree
+
+    old = tmp_path / "ckpt_000001"
+    (old / "sub").mkdir(parents=True)
+    (old / "sub" / "w.bin").write_bytes(b"x" * 10)
+    calls = []
+
+    def rmtree(path, ignore_errors=False):
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt          # as a signal handler's exception would
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.remove_checkpoint(str(old))
+    assert os.listdir(tmp_path) == [] and len(calls) == 2

@@ -158,7 +158,11 @@ def remove_checkpoint(path):
         os.rename(path, hidden)
     except OSError:
         return
-    shutil.rmtree(hidden, ignore_errors=True)
+    try:
+        shutil.rmtree(hidden, ignore_errors=True)
+    except BaseException:             # a signal's Interrupted mid-way: finish, then pass it on
+        shutil.rmtree(hidden, ignore_errors=True)
+        raise
 
 
 def list_checkpoints(run_dir):
