@@ -321,6 +321,21 @@ def pretrain_args(args):
     return targs
 
 
+def base_model(args, texts, backend):
+    """The model a task fine-tunes: --ckpt, or one pretrained here on texts and the corpus
+    (pretrained_checkpoint); it must hold a tokenizer; --dropout overrides its config's.
+    Returns (model, tokenizer, checkpoint folder)."""
+    ckpt = args.ckpt or pretrained_checkpoint(args, texts)
+    model, _, tok, ckpt = load_model(ckpt, backend=backend, precision=args.precision)
+    if tok is None:
+        raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {ckpt}",
+                         "a checkpoint written by scratchgpt train, or a Hugging Face folder "
+                         "with its tokenizer files")
+    if args.dropout is not None:
+        model.cfg = replace(model.cfg, dropout=args.dropout)
+    return model, tok, ckpt
+
+
 def pretrained_checkpoint(args, texts):
     """A small GPT pretrained on the fine-tuning texts (train split) and the default corpus;
     a finished pretraining run with the same arguments in OUT/pretrain is reused."""
@@ -376,14 +391,7 @@ def finetune(args):
                              len(classes))
     log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
 
-    ckpt = args.ckpt or pretrained_checkpoint(args, [texts[i] for i in tr])
-    model, _, tok, ckpt = load_model(ckpt, backend=backend, precision=args.precision)
-    if tok is None:
-        raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {ckpt}",
-                         "a checkpoint written by scratchgpt train, or a Hugging Face folder "
-                         "with its tokenizer files")
-    if args.dropout is not None:
-        model.cfg = replace(model.cfg, dropout=args.dropout)
+    model, tok, ckpt = base_model(args, [texts[i] for i in tr], backend)
     seqs = encode_examples(tok, texts, model.cfg.block_size)
     pad_id = seqs[0][-1]
     head = ClassifierHead(len(classes), model.cfg.n_embd, model.be, model.dtype, args.seed,

@@ -13,11 +13,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 
-from ..checkpoint import load_model, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..errors import BadFileError, UsageError
 from ..optim import AdamW
 from ..precision import MixedPrecision, check_supported
@@ -64,7 +63,7 @@ def plot_curve(losses, path):
 
 
 def finetune_generative(args):
-    from ..finetune import check_memory, length_batches, pretrained_checkpoint
+    from ..finetune import base_model, check_memory, length_batches
     from ..train import log, resolve_backend
     t_start = time.time()
     task = load_task(args)
@@ -80,14 +79,7 @@ def finetune_generative(args):
     log(args, "baselines: " + ", ".join(f"{k} {task.metric} {v:.2f}" for k, v in base.items()))
 
     texts = [task.prompt(e) + task.answer(e) for e in task.train]
-    ckpt = args.ckpt or pretrained_checkpoint(args, texts)
-    model, _, tok, ckpt = load_model(ckpt, backend=backend, precision=args.precision)
-    if tok is None:
-        raise UsageError("the checkpoint holds no tokenizer", f"--ckpt {ckpt}",
-                         "a checkpoint written by scratchgpt train, or a Hugging Face folder "
-                         "with its tokenizer files")
-    if args.dropout is not None:
-        model.cfg = replace(model.cfg, dropout=args.dropout)
+    model, tok, ckpt = base_model(args, texts, backend)
     seqs, plens, kept = encode_task(task, tok, task.train, model.cfg.block_size)
     if not seqs:
         raise UsageError(f"no training example fits the model's context of "
