@@ -171,6 +171,9 @@ py::dict build_info() {
 #if defined(SCRATCH_ASAN_BUILD)
     d["asan"] = true;
 #endif
+#if defined(SCRATCH_HOST_KERNEL_FMA)
+    d["fma"] = bool(SCRATCH_HOST_KERNEL_FMA);   // the kernels' fmaf is the FMA instruction
+#endif
 #if defined(SCRATCH_BUILD_CUDA)
     d["cuda_compiler"] = SCRATCH_CUDA_COMPILER_VERSION;
     d["cuda_archs"] = SCRATCH_CUDA_ARCHS;
@@ -227,6 +230,13 @@ PYBIND11_MODULE(_emulated, m) {
 PYBIND11_MODULE(_host, m) {
 #endif
     m.doc() = "scratchgpt kernels (launchers bound from csrc/*.cu); see python/scratchgpt/kernels";
+#if defined(SCRATCH_HOST_KERNEL_FMA) && SCRATCH_HOST_KERNEL_FMA
+    // The kernel objects were compiled with -mfma (CMakeLists.txt): on a CPU without FMA their
+    // first fmaf would be an illegal instruction, so refuse to load instead.
+    if (!__builtin_cpu_supports("fma"))
+        throw py::import_error("scratchgpt's host kernels were built for a CPU with FMA instructions "
+                               "and this CPU has none: rebuild them on this machine (pip install -e .)");
+#endif
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -561,13 +571,14 @@ PYBIND11_MODULE(_host, m) {
           "d"_a, "a"_a, "b"_a, "c"_a, "kind"_a, "repeat"_a = 1, "warps_per_block"_a = 1, "block_x"_a = 32,
           "variant"_a = 0, "stream"_a = 0);
     m.def("mma_test_ldmatrix",
-          [](py::object out, py::object tile, py::object offsets, int num, int trans, uintptr_t stream) {
+          [](py::object out, py::object tile, py::object offsets, int num, int trans, int clobber,
+             uintptr_t stream) {
               Tensor t_out = as_tensor(out, "out"), t_tile = as_tensor(tile, "tile"),
                      t_off = as_tensor(offsets, "offsets");
               py::gil_scoped_release nogil;
-              k::mma_test_ldmatrix(t_out, t_tile, t_off, num, trans, as_stream(stream));
+              k::mma_test_ldmatrix(t_out, t_tile, t_off, num, trans, clobber, as_stream(stream));
           },
-          "out"_a, "tile"_a, "offsets"_a, "num"_a, "trans"_a, "stream"_a = 0);
+          "out"_a, "tile"_a, "offsets"_a, "num"_a, "trans"_a, "clobber"_a = 0, "stream"_a = 0);
     m.def("mma_test_gemm",
           [](py::object d, py::object a, py::object b, int kind, int b_layout, int variant, uintptr_t stream) {
               Tensor t_d = as_tensor(d, "d"), t_a = as_tensor(a, "a"), t_b = as_tensor(b, "b");
