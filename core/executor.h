@@ -288,15 +288,19 @@ inline size_t fiber_stack_bytes() {
 
 class Worker;
 // The fiber and the worker running on this OS thread. Inline functions with static locals are
-// one object across all translation units of the module.
-inline Fiber*& current_fiber() {
-    static thread_local Fiber* fiber = nullptr;
-    return fiber;
+// one object across all translation units of the module. Both live in one thread_local, so a
+// function that reads threadIdx, blockIdx and blockDim looks the thread's storage up once
+// (each thread_local of a dlopen'ed module is a __tls_get_addr call).
+struct ThreadState {
+    Fiber* fiber = nullptr;
+    Worker* worker = nullptr;
+};
+inline ThreadState& thread_state() {
+    static thread_local ThreadState state;
+    return state;
 }
-inline Worker*& current_worker() {
-    static thread_local Worker* worker = nullptr;
-    return worker;
-}
+inline Fiber*& current_fiber() { return thread_state().fiber; }
+inline Worker*& current_worker() { return thread_state().worker; }
 
 // A worker runs blocks, one at a time, each as `threads` fibers on this OS thread.
 class Worker {

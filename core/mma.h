@@ -51,11 +51,14 @@
 // The host emulation. Every lane of the warp must call (the GPU's .sync.aligned rule); the block
 // size must be a multiple of 32. Each lane posts its fragment (or row address) into per-warp
 // scratch (one table per OS thread, i.e. per block in flight, indexed by the warp's index in the
-// block), meets the others at a __syncwarp(), and computes its own result from what all lanes
-// posted; a second __syncwarp() frees the scratch for the next call. Each call also posts which
-// collective it is and how many this lane has made in the block: lanes that are not at the same
-// instruction (a divergent branch, one lane an iteration ahead) make the launch raise, naming the
-// lanes, where the GPU would be undefined. The product is accumulated in fp32 in a fixed order,
+// block) and meets the others at one __syncwarp(); the first lane to run on then does the
+// warp's work for all 32 (gathers A, B and C and computes D; or reads the 8x8 matrices from
+// shared memory while no lane can have moved on), and each lane takes its own result. The scratch
+// has two slots, used by alternate calls, so the next call cannot overwrite what a slow lane is
+// still reading. Each call also posts which collective it is and how many this lane has made in
+// the block: lanes that are not at the same instruction (a divergent branch, one lane an
+// iteration ahead) make the launch raise, naming the lanes, where the GPU would be undefined.
+// The product is accumulated in fp32 in a fixed order,
 // d = fma(a[r][15], b[15][c], ... fma(a[r][0], b[0][c], c) ...) (each product of two bf16 or fp16
 // values is exact in fp32, so this is 16 roundings of a sum); the hardware's order and internal
 // rounding are not specified, so tests on the GPU bound the error of a 16-term fp32 sum instead.
@@ -78,6 +81,9 @@
 
 #if defined(SCRATCH_HOST_EXECUTOR)
 #include <vector>
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 #endif
 
 namespace scratch {
@@ -135,23 +141,32 @@ inline const char* op_name(uint64_t op) {
     return "no collective yet";
 }
 
-struct WarpScratch {
+// A warp's collectives alternate between two slots (call number parity). A lane can start call
+// n + 2, which overwrites slot n % 2, only after every lane has met it at call n + 1's
+// __syncwarp, that is after every lane has finished reading call n's slot: so one __syncwarp per
+// collective suffices (the GPU instruction is one rendezvous, too).
+struct Slot {
     uint64_t tag[32];               // (op << 40) | call number, per lane
-    uint64_t calls[32];             // collectives made by each lane in this block
+    uint64_t done = 0;              // the tag whose check (and, for mma, product) is done
     uint32_t a[32][4];              // mma: the fragments posted by each lane
     uint32_t b[32][2];
+    float c[32][4];
     const unsigned char* row[32];   // ldmatrix: the row address posted by each lane
-    uint64_t built = 0;             // the tag whose operands are in a_full / b_full
-    float a_full[16][16];           // mma: A and B gathered from all lanes, as floats
-    float b_full[16][8];
+    uint32_t r[32][4];              // ldmatrix: what each lane receives
+    float d[16][8];                 // mma: the warp's product D = A B + C
+};
+struct WarpScratch {
+    uint64_t calls[32];             // collectives made by each lane in this block
+    Slot slot[2];
 };
 struct BlockScratch {
     uint64_t block = ~uint64_t(0);  // the worker's block serial this table belongs to
     WarpScratch warp[kMaxWarps];
 };
 
-// The calling lane's warp scratch (reset at the first use in each block); posts `op`.
-inline WarpScratch& enter(uint64_t op, int& lane) {
+// The calling lane's slot for this collective (the table is reset at its first use in each
+// block); posts `op` and the lane's call number.
+inline Slot& enter(uint64_t op, int& lane) {
     static thread_local BlockScratch scratch;   // one per OS thread = per block in flight
     const int tid = linear_thread_index();
     const int threads = int(blockDim.x * blockDim.y * blockDim.z);
@@ -165,26 +180,35 @@ inline WarpScratch& enter(uint64_t op, int& lane) {
     if (scratch.block != block) {
         scratch.block = block;
         for (WarpScratch& w : scratch.warp) {
-            std::memset(w.tag, 0, sizeof w.tag);
             std::memset(w.calls, 0, sizeof w.calls);
-            w.built = 0;
+            for (Slot& slot : w.slot) {
+                std::memset(slot.tag, 0, sizeof slot.tag);
+                slot.done = 0;
+            }
         }
     }
     WarpScratch& w = scratch.warp[warp];
-    w.tag[lane] = (op << 40) | ++w.calls[lane];
-    return w;
+    const uint64_t call = ++w.calls[lane];
+    Slot& slot = w.slot[call & 1];
+    slot.tag[lane] = (op << 40) | call;
+    return slot;
 }
 
-// After the first __syncwarp: every lane must have posted the same operation and call number.
-inline void check_converged(const WarpScratch& w, int lane) {
+// After the __syncwarp: true for the first lane to run on, which checks that every lane posted
+// the same operation and call number (a lane at another call posted into the other slot, or
+// posted a different tag here: either way a mismatch) and then does the warp's shared work.
+inline bool first_after_sync(Slot& slot, int lane) {
+    if (slot.done == slot.tag[lane]) return false;
     for (int l = 0; l < 32; ++l) {
-        if (w.tag[l] == w.tag[lane]) continue;
-        const uint64_t mine = w.tag[lane], theirs = w.tag[l];
+        if (slot.tag[l] == slot.tag[lane]) continue;
+        const uint64_t mine = slot.tag[lane], theirs = slot.tag[l];
         host::device_fail(str(op_name(mine >> 40), " (call ", mine & 0xffffffffffull, " of lane ", lane,
                               ") met lane ", l, ", which is at ", op_name(theirs >> 40), " (call ",
                               theirs & 0xffffffffffull, "): all 32 lanes of the warp must execute the "
                               "same mma/ldmatrix together (no divergent branch around it)"));
     }
+    slot.done = slot.tag[lane];
+    return true;
 }
 
 inline float half_of(uint32_t reg, int which, bool bf16) {
@@ -192,35 +216,45 @@ inline float half_of(uint32_t reg, int which, bool bf16) {
     return bf16 ? __bfloat162float(__ushort_as_bfloat16(bits)) : __half2float(__ushort_as_half(bits));
 }
 
-// D = A B + C on the warp, A and B read through `Layout` (MmaLayoutM16N8K16; tests substitute
-// deliberately wrong layouts to show that they are caught).
+// D = A B + C on the warp, A, B, C and D placed through `Layout` (MmaLayoutM16N8K16; tests
+// substitute deliberately wrong layouts to show that they are caught). The first lane past the
+// rendezvous computes all 16 x 8 outputs, row by row, eight columns at a time (one 8-wide FMA
+// where the build has FMA; each output's order of operations is the one above either way).
 template <typename Layout, typename T>
 inline void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
     static_assert(is_16bit_float<T>, "mma_m16n8k16: bf16 or f16 operands");
     constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
     int lane = 0;
-    WarpScratch& w = enter(bf16 ? kMmaBf16 : kMmaF16, lane);
-    for (int r = 0; r < 4; ++r) w.a[lane][r] = a[r];
-    for (int r = 0; r < 2; ++r) w.b[lane][r] = b[r];
-    const float acc_in[4] = {c[0], c[1], c[2], c[3]};   // d may be c
+    Slot& slot = enter(bf16 ? kMmaBf16 : kMmaF16, lane);
+    for (int r = 0; r < 4; ++r) slot.a[lane][r] = a[r];
+    for (int r = 0; r < 2; ++r) slot.b[lane][r] = b[r];
+    for (int i = 0; i < 4; ++i) slot.c[lane][i] = c[i];   // d may be c: posted before d is written
     __syncwarp();
-    check_converged(w, lane);
-    if (w.built != w.tag[lane]) {   // the first lane to run on gathers A and B for the warp
+    if (first_after_sync(slot, lane)) {
+        float a_full[16][16], b_full[16][8];
         for (int l = 0; l < 32; ++l) {
             for (int i = 0; i < 8; ++i)
-                w.a_full[Layout::a_row(l, i)][Layout::a_col(l, i)] = half_of(w.a[l][i >> 1], i & 1, bf16);
+                a_full[Layout::a_row(l, i)][Layout::a_col(l, i)] = half_of(slot.a[l][i >> 1], i & 1, bf16);
             for (int i = 0; i < 4; ++i)
-                w.b_full[Layout::b_row(l, i)][Layout::b_col(l, i)] = half_of(w.b[l][i >> 1], i & 1, bf16);
+                b_full[Layout::b_row(l, i)][Layout::b_col(l, i)] = half_of(slot.b[l][i >> 1], i & 1, bf16);
+            for (int i = 0; i < 4; ++i) slot.d[Layout::c_row(l, i)][Layout::c_col(l, i)] = slot.c[l][i];
         }
-        w.built = w.tag[lane];
+        for (int row = 0; row < 16; ++row) {
+#if defined(__FMA__) && defined(__AVX__)   // the kernels' -mfma build (CMakeLists.txt)
+            __m256 acc = _mm256_loadu_ps(slot.d[row]);
+            for (int k = 0; k < 16; ++k)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(a_full[row][k]), _mm256_loadu_ps(b_full[k]), acc);
+            _mm256_storeu_ps(slot.d[row], acc);
+#else
+            float acc[8];
+            for (int col = 0; col < 8; ++col) acc[col] = slot.d[row][col];
+            for (int k = 0; k < 16; ++k)
+                for (int col = 0; col < 8; ++col) acc[col] = std::fma(a_full[row][k], b_full[k][col], acc[col]);
+            for (int col = 0; col < 8; ++col) slot.d[row][col] = acc[col];
+#endif
+        }
     }
-    for (int i = 0; i < 4; ++i) {
-        const int row = Layout::c_row(lane, i), col = Layout::c_col(lane, i);
-        float acc = acc_in[i];
-        for (int k = 0; k < 16; ++k) acc = std::fma(w.a_full[row][k], w.b_full[k][col], acc);
-        d[i] = acc;
-    }
-    __syncwarp();   // every lane has read the gathered operands: the scratch may be reused
+    for (int i = 0; i < 4; ++i) d[i] = slot.d[Layout::c_row(lane, i)][Layout::c_col(lane, i)];
 }
 
 // N 8x8 matrices of 16-bit elements; lane 8j + i gives row i of matrix j.
@@ -230,28 +264,33 @@ inline void ldmatrix(uint32_t* r, const void* row_address) {
                                     {kLdmatrixX1T, kLdmatrixX2T, kLdmatrixX4T}};
     constexpr uint64_t op = ops[Trans][N == 1 ? 0 : N == 2 ? 1 : 2];
     int lane = 0;
-    WarpScratch& w = enter(op, lane);
+    Slot& slot = enter(op, lane);
     if (lane < 8 * N && !is_aligned(row_address, 16))
         host::device_fail(str(op_name(op), ": lane ", lane, " gives row address ", row_address,
                               ", which is not 16-byte aligned (each 8-element row is read as 16 bytes)"));
     if (lane < 8 * N && row_address == nullptr)
         host::device_fail(str(op_name(op), ": lane ", lane, " gives a null row address"));
-    w.row[lane] = static_cast<const unsigned char*>(row_address);
+    slot.row[lane] = static_cast<const unsigned char*>(row_address);
     __syncwarp();
-    check_converged(w, lane);
-    const int g = lane >> 2, t = lane & 3;
-    for (int j = 0; j < N; ++j) {
-        uint16_t lo, hi;
-        if (!Trans) {   // row g, columns 2t and 2t + 1
-            std::memcpy(&lo, w.row[8 * j + g] + 2 * (2 * t), 2);
-            std::memcpy(&hi, w.row[8 * j + g] + 2 * (2 * t + 1), 2);
-        } else {        // rows 2t and 2t + 1, column g
-            std::memcpy(&lo, w.row[8 * j + 2 * t] + 2 * g, 2);
-            std::memcpy(&hi, w.row[8 * j + 2 * t + 1] + 2 * g, 2);
+    // The first lane reads shared memory for the whole warp while every lane is still at the
+    // rendezvous, so no lane can write to it before all 32 have read: the GPU's warp-wide read.
+    if (first_after_sync(slot, lane)) {
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            for (int j = 0; j < N; ++j) {
+                uint16_t lo, hi;
+                if (!Trans) {   // row g, columns 2t and 2t + 1
+                    std::memcpy(&lo, slot.row[8 * j + g] + 2 * (2 * t), 2);
+                    std::memcpy(&hi, slot.row[8 * j + g] + 2 * (2 * t + 1), 2);
+                } else {        // rows 2t and 2t + 1, column g
+                    std::memcpy(&lo, slot.row[8 * j + 2 * t] + 2 * g, 2);
+                    std::memcpy(&hi, slot.row[8 * j + 2 * t + 1] + 2 * g, 2);
+                }
+                slot.r[l][j] = uint32_t(lo) | (uint32_t(hi) << 16);
+            }
         }
-        r[j] = uint32_t(lo) | (uint32_t(hi) << 16);
     }
-    __syncwarp();
+    for (int j = 0; j < N; ++j) r[j] = slot.r[lane][j];
 }
 
 // cp.async: each GPU thread's outstanding copies, in issue order (a table per OS thread = per block

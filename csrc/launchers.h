@@ -177,9 +177,11 @@ void mma_test_storage_scale(const Tensor& out, const Tensor& in, float scale, St
 void mma_test_fragments(const Tensor& d, const Tensor& a, const Tensor& b, const Tensor& c, int kind,
                         int repeat, int warps_per_block, int block_x, int variant, Stream stream);
 // tile uint16 [...] copied to shared memory; lane l of warp w gives &tile[offsets[w, l]] to
-// ldmatrix_x{num}{_trans}; out int32 [W, 32, num] receives its registers.
+// ldmatrix_x{num}{_trans}; out int32 [W, 32, num] receives its registers. clobber 1 (one warp
+// only): right after the ldmatrix each lane overwrites the row it addressed, which must not change
+// what any lane of the warp received.
 void mma_test_ldmatrix(const Tensor& out, const Tensor& tile, const Tensor& offsets, int num, int trans,
-                       Stream stream);
+                       int clobber, Stream stream);
 // d [M, N] float32 = a [M, K] b through cp.async (two stages), ldmatrix and mma; b is [K, N]
 // (b_layout 0) or [N, K] (b_layout 1). variant 1 (host only): the cp.async wait left out.
 void mma_test_gemm(const Tensor& d, const Tensor& a, const Tensor& b, int kind, int b_layout, int variant,

@@ -387,10 +387,10 @@ def isa_ldmatrix(tile, offsets, num, trans):
     return out
 
 
-def run_ldmatrix(rt, tile, offsets, num, trans):
+def run_ldmatrix(rt, tile, offsets, num, trans, clobber=False):
     out = rt.asarray(np.full(offsets.shape + (num,), -1, np.int32))
     rt.lib.mma_test_ldmatrix(out, rt.asarray(tile), rt.asarray(offsets.astype(np.int32)), num, int(trans),
-                             rt.stream())
+                             clobber=int(clobber), stream=rt.stream())
     return rt.asnumpy(out).view(np.uint32)
 
 
@@ -420,6 +420,17 @@ def test_ldmatrix_under_other_schedules(host_runtime, monkeypatch, schedule):
     tile, offsets = ldmatrix_case(21, warps=4)
     np.testing.assert_array_equal(run_ldmatrix(host_runtime, tile, offsets, 4, True),
                                   isa_ldmatrix(tile, offsets, 4, True))
+
+
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random:5"])
+@pytest.mark.parametrize("trans", [False, True])
+def test_ldmatrix_reads_for_the_whole_warp_before_any_lane_runs_on(host_runtime, monkeypatch, schedule, trans):
+    # each lane overwrites the row it addressed right after the ldmatrix: what every lane received
+    # must still be the tile as it was (the emulation reads all rows at the warp's rendezvous)
+    monkeypatch.setenv("SCRATCH_HOST_SCHEDULE", schedule)
+    tile, offsets = ldmatrix_case(31 + trans, warps=1)
+    np.testing.assert_array_equal(run_ldmatrix(host_runtime, tile, offsets, 4, trans, clobber=True),
+                                  isa_ldmatrix(tile, offsets, 4, trans))
 
 
 # ----------------------------------------------------------------- cp.async + ldmatrix + mma

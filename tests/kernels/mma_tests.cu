@@ -152,9 +152,12 @@ __global__ void fragments_kernel(float* d, const uint32_t* a, const uint32_t* b,
 
 // ----------------------------------------------------------------------------------- ldmatrix
 // One block; the tile is copied to shared memory, then each warp loads with its own row offsets
-// (elements; an offset that is out of range or not a multiple of 8 is replaced by 0).
+// (elements; an offset that is out of range or not a multiple of 8 is replaced by 0). With
+// `clobber` (one warp) each lane then overwrites its row at once: legal on the GPU, where the
+// warp's ldmatrix has read every row before any lane's next instruction, so the host must read
+// them for the whole warp before any lane runs on.
 __global__ void ldmatrix_kernel(int* out, const unsigned short* tile, int tile_elems, const int* offsets,
-                                int num, int trans) {
+                                int num, int trans, int clobber) {
     SCRATCH_DYNAMIC_SHARED(unsigned short, smem);
     const int tid = linear_thread_index();
     const int threads = int(blockDim.x * blockDim.y * blockDim.z);
@@ -167,6 +170,8 @@ __global__ void ldmatrix_kernel(int* out, const unsigned short* tile, int tile_e
     if (num == 1) trans ? ldmatrix_x1_trans(r, row) : ldmatrix_x1(r, row);
     else if (num == 2) trans ? ldmatrix_x2_trans(r, row) : ldmatrix_x2(r, row);
     else trans ? ldmatrix_x4_trans(r, row) : ldmatrix_x4(r, row);
+    if (clobber)
+        for (int i = 0; i < 8; ++i) smem[offset + i] = static_cast<unsigned short>(0xdead + tid);
     for (int j = 0; j < num; ++j) out[size_t(tid) * num + j] = int(r[j]);
 }
 
@@ -406,9 +411,10 @@ void mma_test_fragments(const Tensor& d, const Tensor& a, const Tensor& b, const
 }
 
 void mma_test_ldmatrix(const Tensor& out, const Tensor& tile, const Tensor& offsets, int num, int trans,
-                       Stream stream) {
+                       int clobber, Stream stream) {
     if (num != 1 && num != 2 && num != 4) throw ValueError(str("num: expected 1, 2 or 4, got ", num));
     if (trans != 0 && trans != 1) throw ValueError(str("trans: expected 0 or 1, got ", trans));
+    if (clobber != 0 && clobber != 1) throw ValueError(str("clobber: expected 0 or 1, got ", clobber));
     expect_input(tile, DType::U16);
     const int tile_elems = to_int(tile.numel(), "size of tile");
     if (tile_elems < 8 || tile_elems > 16384) throw ValueError(str("tile: expected 8 .. 16384 elements, got ", tile_elems));
@@ -416,13 +422,14 @@ void mma_test_ldmatrix(const Tensor& out, const Tensor& tile, const Tensor& offs
     expect_ndim(offsets, 2, 2);
     const int64_t warps = offsets.size(0);
     if (warps < 1 || warps > 32) throw ValueError(str("offsets: expected 1 .. 32 warps, got ", warps));
+    if (clobber && warps != 1) throw ValueError(str("clobber: one warp only (other warps read the rows), got ", warps));
     expect_shape(offsets, {warps, 32});
     expect_output(out, DType::I32);
     expect_shape(out, {warps, 32, num});
     expect_same_device({&tile, &offsets, &out});
     launch("ldmatrix_kernel", ldmatrix_kernel, dim3(1), dim3(32 * unsigned(warps)),
            size_t(ceil_div(tile_elems, 8)) * 16, static_cast<cudaStream_t>(stream), out.ptr<int>(),
-           tile.ptr<unsigned short>(), tile_elems, offsets.ptr<int>(), num, trans);
+           tile.ptr<unsigned short>(), tile_elems, offsets.ptr<int>(), num, trans, clobber);
 }
 
 void mma_test_gemm(const Tensor& d, const Tensor& a, const Tensor& b, int kind, int b_layout, int variant,
