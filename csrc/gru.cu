@@ -76,33 +76,33 @@ gru_forward_kernel(T* __restrict__ h, T* __restrict__ gates, const T* __restrict
         }
     float bias[3] = {0.0f, 0.0f, 0.0f};
     if (unit)
-        #pragma unroll
+        SCRATCH_UNROLL
         for (int g = 0; g < 3; ++g) bias[g] = to_float(b_hh[g * H + j]);
-    #pragma unroll
+    SCRATCH_UNROLL
     for (int r = 0; r < kRows; ++r)
         if (unit) state[r * H + j] = b0 + r < B ? to_float(h0[int64_t(b0 + r) * H + j]) : 0.0f;
     __syncthreads();
     for (int t = 0; t < steps; ++t) {
         float acc[kRows][3];
-        #pragma unroll
+        SCRATCH_UNROLL
         for (int r = 0; r < kRows; ++r)
-            #pragma unroll
+            SCRATCH_UNROLL
             for (int g = 0; g < 3; ++g) acc[r][g] = bias[g];
         if (unit)
             for (int k = 0; k < H; ++k) {
                 float u[3];
-                #pragma unroll
+                SCRATCH_UNROLL
                 for (int g = 0; g < 3; ++g)
                     u[g] = kUShared ? to_float(ut[k * G + g * H + j]) : to_float(w_hh[int64_t(g * H + j) * H + k]);
-                #pragma unroll
+                SCRATCH_UNROLL
                 for (int r = 0; r < kRows; ++r) {
                     const float hk = state[r * H + k];
-                    #pragma unroll
+                    SCRATCH_UNROLL
                     for (int g = 0; g < 3; ++g) acc[r][g] = fmaf(u[g], hk, acc[r][g]);
                 }
             }
         float next[kRows];
-        #pragma unroll
+        SCRATCH_UNROLL
         for (int r = 0; r < kRows; ++r) {
             next[r] = 0.0f;
             const int b = b0 + r;
@@ -123,7 +123,7 @@ gru_forward_kernel(T* __restrict__ h, T* __restrict__ gates, const T* __restrict
         }
         __syncthreads();                                     // every thread has read the old state
         if (unit)
-            #pragma unroll
+            SCRATCH_UNROLL
             for (int r = 0; r < kRows; ++r) state[r * H + j] = next[r];
         __syncthreads();                                     // the new state is complete
     }
@@ -143,10 +143,10 @@ gru_backward_kernel(T* __restrict__ dxp, T* __restrict__ dhp, T* __restrict__ dh
     if (kUShared)
         for (int e = threadIdx.x; e < G * H; e += blockDim.x) u[e] = w_hh[e];
     float carry[kRows], direct[kRows];
-    #pragma unroll
+    SCRATCH_UNROLL
     for (int r = 0; r < kRows; ++r) carry[r] = 0.0f;
     for (int t = steps - 1; t >= 0; --t) {
-        #pragma unroll
+        SCRATCH_UNROLL
         for (int r = 0; r < kRows; ++r) {
             const int b = b0 + r;
             direct[r] = 0.0f;
@@ -168,7 +168,7 @@ gru_backward_kernel(T* __restrict__ dxp, T* __restrict__ dhp, T* __restrict__ dh
                 direct[r] = d * zg;
                 T* dx = dxp + bt * G;
                 T* dp = dhp + bt * G;
-                #pragma unroll
+                SCRATCH_UNROLL
                 for (int g = 0; g < 3; ++g) dx[g * H + j] = from_float<T>(da[g]);
                 dp[j] = from_float<T>(da[0]);
                 dp[H + j] = from_float<T>(da[1]);
@@ -181,20 +181,20 @@ gru_backward_kernel(T* __restrict__ dxp, T* __restrict__ dhp, T* __restrict__ dh
         __syncthreads();                                     // dhp of every unit is in place
         if (unit) {
             float acc[kRows];
-            #pragma unroll
+            SCRATCH_UNROLL
             for (int r = 0; r < kRows; ++r) acc[r] = direct[r];
             for (int gi = 0; gi < G; ++gi) {
                 const float w = kUShared ? to_float(u[gi * H + j]) : to_float(w_hh[int64_t(gi) * H + j]);
-                #pragma unroll
+                SCRATCH_UNROLL
                 for (int r = 0; r < kRows; ++r) acc[r] = fmaf(w, dhp_s[r * G + gi], acc[r]);
             }
-            #pragma unroll
+            SCRATCH_UNROLL
             for (int r = 0; r < kRows; ++r) carry[r] = acc[r];
         }
         __syncthreads();                                     // dhp_s is read before it is rewritten
     }
     if (unit)
-        #pragma unroll
+        SCRATCH_UNROLL
         for (int r = 0; r < kRows; ++r)
             if (b0 + r < B) dh0[int64_t(b0 + r) * H + j] = from_float<T>(carry[r]);
 }
