@@ -11,7 +11,8 @@ from scratchgpt import GPT, GPTConfig
 from scratchgpt.checkpoint import load_model, save_checkpoint
 from scratchgpt.cli import main
 from scratchgpt.finetune import (ClassifierHead, WeightAverage, baseline_accuracy, classify,
-                                 encode_examples, make_batch, read_labelled, split_examples)
+                                 encode_examples, make_batch, read_labelled, split_examples,
+                                 split_for_scoring)
 from scratchgpt.tokenizer import CharTokenizer
 
 LAM = 0.5
@@ -226,6 +227,72 @@ def test_finetune_with_mean_pool_and_averaging_reports_the_averaged_model(tmp_pa
     y = np.array([int(v[-1]) for v in labels])
     acc = np.mean(classify(ft, head, [seqs[i] for i in te], seqs[0][-1], 64) == y[te])
     assert acc == pytest.approx(summary["accuracy"])
+
+
+def test_validation_split_is_carved_from_the_training_part_and_split_seed_fixes_it():
+    from argparse import Namespace
+    n = 500
+
+    def split(**kw):
+        return split_for_scoring(n, Namespace(**{"seed": 7, "split_seed": None, "test_fraction": 0.2,
+                                                 "validation": False, **kw}))
+    tr, te = split()
+    vtr, va = split(validation=True)
+    # validation: 320 / 80 out of the 400 training examples; the 100 held out are never touched
+    assert (len(vtr), len(va)) == (320, 80)
+    assert set(vtr) | set(va) == set(tr) and not set(vtr) & set(va)
+    assert not (set(vtr) | set(va)) & set(te)
+    # --split-seed: the split follows it, not --seed
+    a_tr, a_te = split(seed=1, split_seed=7)
+    assert np.array_equal(a_te, te) and np.array_equal(a_tr, tr)
+    assert not np.array_equal(split(seed=1)[1], te)
+
+
+def test_ensemble_classifies_with_the_mean_of_its_members_probabilities(tmp_path, capsys):
+    data = tmp_path / "toy.tsv"
+    write_toy_task(data, n=120)
+    tok = CharTokenizer.train("abcdefghi")
+    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
+    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    argv = ["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"), "--epochs", "1",
+            "--batch-size", "8", "--lr", "3e-3", "--ensemble", "3", "--validation",
+            "--out", str(tmp_path / "ft"), "--no-progress", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["ensemble"] == 3 and summary["scored_on"] == "validation"
+    assert (summary["task"], summary["metric"], summary["score"]) == ("classify", "accuracy",
+                                                                      summary["accuracy"])
+    assert summary["baselines"] == {"bag_of_words": summary["baseline_accuracy"]}
+    assert [m["seed"] for m in summary["members"]] == [1337, 1338, 1339]
+    assert len(summary["member_accuracy"]) == 3 and summary["n_test"] == 19   # 20 % of 96
+    # recompute the ensemble from the three saved members: mean probabilities, then argmax
+    from safetensors.numpy import load_file
+    from scratchgpt.finetune import class_probabilities
+    texts, labels = read_labelled(data)
+    y = np.array([int(v[-1]) for v in labels])
+    from argparse import Namespace
+    _, va = split_for_scoring(len(texts), Namespace(seed=1337, split_seed=None, test_fraction=0.2,
+                                                   validation=True))
+    probs = []
+    for m in summary["members"]:
+        ft, _, _, _ = load_model(m["checkpoint"])
+        head = ClassifierHead(3, ft.cfg.n_embd, ft.be, ft.dtype)
+        head.params.update(load_file(os.path.join(m["checkpoint"], "head.safetensors")))
+        seqs = encode_examples(tok, texts, ft.cfg.block_size)
+        probs.append(class_probabilities(ft, head, [seqs[i] for i in va], seqs[0][-1], 64))
+    member_acc = [float(np.mean(p.argmax(1) == y[va])) for p in probs]
+    assert member_acc == pytest.approx(summary["member_accuracy"])
+    assert float(np.mean(np.mean(probs, axis=0).argmax(1) == y[va])) == pytest.approx(summary["accuracy"])
+    # members differ (their own head, batches and dropout), so the ensemble is not one model
+    assert not np.allclose(probs[0], probs[1])
+
+
+@pytest.mark.parametrize("flag", [["--ensemble", "2"], ["--validation"], ["--split-seed", "3"]])
+def test_classify_only_options_are_refused_for_generative_tasks(flag, capsys):
+    assert main(["finetune", "--task", "qa", *flag]) == 2
+    err = capsys.readouterr().err
+    assert flag[0] in err and "--task classify" in err
 
 
 def test_unknown_pool_is_refused():

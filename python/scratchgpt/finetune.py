@@ -17,7 +17,11 @@ Texts in a batch are right-padded; padded positions carry target -1 (ignored).
 Options beyond GPT-1's recipe: `--pool mean` feeds the head the mean of the final hidden
 states over the text instead of the state at the delimiter; `--average-epochs K` classifies
 with the mean of the weights at the ends of the last K epochs (checkpoint averaging);
-`--body-lr-scale S` trains the pretrained transformer at S times the head's learning rate.
+`--body-lr-scale S` trains the pretrained transformer at S times the head's learning rate;
+`--ensemble K` fine-tunes K models (seeds --seed .. --seed+K-1) and classifies with their mean
+class probabilities. `--validation` trains on part of the training split and scores on the
+rest, never on the held-out examples, for choosing among these options; `--split-seed` fixes
+the split while --seed varies.
 
 The reported baseline is a bag-of-words logistic regression trained on the same split.
 Before a model is built the fine-tuning step's memory is estimated and a run that does not fit
@@ -211,21 +215,30 @@ def length_batches(lengths, batch_size, rng=None, pool=32):
     return batches
 
 
-def classify(model, head, seqs, pad_id, batch_size):
-    """Predicted class of each sequence (model in eval mode)."""
+def class_probabilities(model, head, seqs, pad_id, batch_size):
+    """[N, K] softmax of the head's logits for each sequence (model in eval mode)."""
     was_training = model.training
     model.eval()
-    preds = np.zeros(len(seqs), dtype=np.int64)
+    probs = None
     try:
         for rows in length_batches([len(s) for s in seqs], batch_size, pool=len(seqs)):
             idx, _, last = make_batch([seqs[r] for r in rows], pad_id)
             model.forward(idx)
             logits, _ = head.forward(model.hidden, last)
-            preds[rows] = model.be.asnumpy(logits).argmax(axis=-1)
+            z = model.be.asnumpy(logits).astype(np.float64)
+            z = np.exp(z - z.max(axis=-1, keepdims=True))
+            if probs is None:
+                probs = np.zeros((len(seqs), z.shape[1]))
+            probs[rows] = z / z.sum(axis=-1, keepdims=True)
     finally:
         model._caches = None
         model.train(was_training)
-    return preds
+    return probs
+
+
+def classify(model, head, seqs, pad_id, batch_size):
+    """Predicted class of each sequence (model in eval mode)."""
+    return class_probabilities(model, head, seqs, pad_id, batch_size).argmax(axis=-1)
 
 
 # ------------------------------------------------------------------------------ baseline
@@ -370,6 +383,18 @@ def check_memory(args, backend):
                  make_estimate=estimate, batch_size=args.batch_size)
 
 
+def split_for_scoring(n, args):
+    """(train, scored) indices: the held-out split (--split-seed, default --seed), or with
+    --validation a validation part carved from its training part (the same fraction, the same
+    seed), so options can be chosen without ever scoring on the held-out examples."""
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    tr, te = split_examples(n, args.test_fraction, split_seed)
+    if getattr(args, "validation", False):
+        sub_tr, sub_va = split_examples(len(tr), args.test_fraction, split_seed)
+        tr, te = tr[sub_tr], tr[sub_va]
+    return tr, te
+
+
 def finetune(args):
     t_start = time.time()
     texts, raw_labels = read_labelled(args.data)
@@ -377,7 +402,7 @@ def finetune(args):
     if len(classes) < 2:
         raise BadFileError(f"only one class ({classes[0]!r}) in {len(texts)} examples",
                            f"--data {args.data}", "at least two different labels")
-    tr, te = split_examples(len(texts), args.test_fraction, args.seed)
+    tr, te = split_for_scoring(len(texts), args)
     if len(tr) < 1:
         raise BadFileError(f"{len(texts)} examples leave none to train on", f"--data {args.data}",
                            "more examples, or a smaller --test-fraction")
@@ -385,12 +410,45 @@ def finetune(args):
     check_supported(backend, args.precision, f"--precision {args.precision} --backend {backend}")
     check_memory(args, backend)
     y = np.array([classes.index(lab) for lab in raw_labels])
+    scored = "validation" if args.validation else "held out"
     log(args, f"data: {len(texts)} examples, {len(classes)} classes; {len(tr)} train / "
-        f"{len(te)} held out")
+        f"{len(te)} {scored}")
     base = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te],
                              len(classes))
-    log(args, f"baseline (bag-of-words logistic regression): held-out accuracy {base:.4f}")
+    log(args, f"baseline (bag-of-words logistic regression): {scored} accuracy {base:.4f}")
 
+    members = []
+    for k in range(args.ensemble):
+        member_args = argparse.Namespace(**vars(args))
+        if args.ensemble > 1:     # member k: its own pretraining, head, batches and dropout
+            member_args.seed = args.seed + k
+            member_args.out = os.path.join(args.out, f"member_{k}")
+            log(args, f"ensemble member {k + 1} of {args.ensemble} (seed {member_args.seed})")
+        members.append(finetune_member(member_args, texts, y, tr, te, classes, base, backend))
+    summary = dict(members[0])
+    if args.ensemble > 1:
+        probs = np.mean([m.pop("probabilities") for m in members], axis=0)
+        summary = {"accuracy": float(np.mean(probs.argmax(axis=-1) == y[te])),
+                   "member_accuracy": [m["accuracy"] for m in members],
+                   **{k: v for k, v in members[0].items()
+                      if k not in ("accuracy", "accuracy_per_epoch", "checkpoint", "seconds")},
+                   "members": [{"seed": args.seed + k, "accuracy_per_epoch": m["accuracy_per_epoch"],
+                                "checkpoint": m["checkpoint"]} for k, m in enumerate(members)],
+                   "checkpoint": args.out}
+        log(args, f"ensemble of {args.ensemble} (mean class probabilities): {scored} accuracy "
+            f"{summary['accuracy']:.4f}; members {', '.join(f'{a:.4f}' for a in summary['member_accuracy'])}")
+    else:
+        summary.pop("probabilities")
+    summary.update(ensemble=args.ensemble, scored_on="validation" if args.validation else "test",
+                   seconds=time.time() - t_start)
+    # the same leading keys as --task qa / translate
+    return {"task": "classify", "metric": "accuracy", "score": summary["accuracy"],
+            "baselines": {"bag_of_words": base}, **summary}
+
+
+def finetune_member(args, texts, y, tr, te, classes, base, backend):
+    """Pretrain (or load) one model, fine-tune it on tr with its head, score it on te."""
+    t_start = time.time()
     model, tok, ckpt = base_model(args, [texts[i] for i in tr], backend)
     seqs = encode_examples(tok, texts, model.cfg.block_size)
     pad_id = seqs[0][-1]
@@ -405,6 +463,7 @@ def finetune(args):
     steps_per_epoch = -(-len(tr) // args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = max(1, int(0.002 * total) if args.warmup_steps is None else args.warmup_steps)
+    scored = "validation" if args.validation else "held-out"
 
     from tqdm import tqdm
     bar = tqdm(total=total, disable=not args.progress, unit="step", dynamic_ncols=True,
@@ -432,16 +491,16 @@ def finetune(args):
         average.end_of_epoch(epoch)
         acc = float(np.mean(classify(model, head, [seqs[i] for i in te], pad_id, 64) == y[te]))
         history.append(acc)
-        bar.write(f"epoch {epoch + 1}: held-out accuracy {acc:.4f} (baseline {base:.4f})",
+        bar.write(f"epoch {epoch + 1}: {scored} accuracy {acc:.4f} (baseline {base:.4f})",
                   file=sys.stderr if args.json else sys.stdout)
     bar.close()
-    accuracy = history[-1]
     if average.count > 1:
         average.apply()
         model.sync_lowp()
-        accuracy = float(np.mean(classify(model, head, [seqs[i] for i in te], pad_id, 64)
-                                 == y[te]))
-        log(args, f"weights averaged over the last {average.count} epochs: held-out accuracy "
+    probs = class_probabilities(model, head, [seqs[i] for i in te], pad_id, 64)
+    accuracy = float(np.mean(probs.argmax(axis=-1) == y[te]))
+    if average.count > 1:
+        log(args, f"weights averaged over the last {average.count} epochs: {scored} accuracy "
             f"{accuracy:.4f} (baseline {base:.4f})")
 
     out = save_checkpoint(args.out, step, model, None, {"classes": classes, "base": ckpt,
@@ -456,18 +515,24 @@ def finetune(args):
             "loss_scale": mp.loss_scale,
             "classes": classes, "n_train": int(len(tr)), "n_test": int(len(te)),
             "epochs": args.epochs, "lm_weight": args.lm_weight, "pretrained_from": ckpt,
-            "checkpoint": out, "seconds": time.time() - t_start}
+            "checkpoint": out, "seconds": time.time() - t_start, "probabilities": probs}
 
 
 def run(args):
     fill_pretrain_defaults(fill_task_defaults(args))
     if args.task != "classify":
+        for flag, given in (("--ensemble", args.ensemble > 1), ("--validation", args.validation),
+                            ("--split-seed", args.split_seed is not None)):
+            if given:
+                raise UsageError(f"{flag} is for --task classify", flag,
+                                 f"--task classify, or leave {flag} out")
         from .tasks.generative import run as run_generative
         return run_generative(args)
     if args.data is None:
         raise UsageError("missing a required argument", "--data", TSV + " (--task classify)")
     summary = finetune(args)
-    log(args, f"held-out accuracy {summary['accuracy']:.4f}, bag-of-words baseline "
+    scored = "validation" if args.validation else "held-out"
+    log(args, f"{scored} accuracy {summary['accuracy']:.4f}, bag-of-words baseline "
         f"{summary['baseline_accuracy']:.4f} ({summary['n_test']} examples, "
         f"{summary['seconds']:.0f} s); model and head in {summary['checkpoint']}")
     if args.json:
@@ -500,6 +565,17 @@ def add_arguments(p):
     p.add_argument("--average-epochs", type=positive_int, default=3, metavar="K",
                    help="classify with the mean of the weights at the ends of the last K "
                    "epochs (checkpoint averaging; default 3; 1: the last epoch's weights)")
+    p.add_argument("--ensemble", type=positive_int, default=1, metavar="K",
+                   help="classify: fine-tune K models (seeds --seed .. --seed+K-1, each "
+                   "pretrained on its own when there is no --ckpt) and classify with their mean "
+                   "class probabilities (default 1)")
+    p.add_argument("--split-seed", type=nonneg_int, default=None,
+                   help="classify: the seed of the train / held-out split (default: --seed), "
+                   "so runs that differ only in --seed score the same examples")
+    p.add_argument("--validation", action="store_true",
+                   help="classify: train on part of the training split and score on the rest "
+                   "(--test-fraction of it), never on the held-out examples: for choosing "
+                   "options")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "host", "cuda"))
     add_precision_arguments(p)
     p.add_argument("--out", default="runs/finetune")
