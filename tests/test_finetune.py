@@ -78,12 +78,27 @@ def write_toy_task(path, n=240, seed=0):
     path.write_text("\n".join(lines) + "\n")
 
 
+def save_base_model(path):
+    """A fresh nano GPT over the toy task's letters, saved with its tokenizer at path."""
+    tok = CharTokenizer.train("abcdefghi")
+    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
+    save_checkpoint(path, 0, model, tokenizer=tok)
+    return tok
+
+
+def load_finetuned(ckpt, n_classes, pool="last"):
+    """The fine-tuned model and its head as finetune saved them."""
+    from safetensors.numpy import load_file
+    ft, _, _, _ = load_model(ckpt)
+    head = ClassifierHead(n_classes, ft.cfg.n_embd, ft.be, ft.dtype, pool=pool)
+    head.params.update(load_file(os.path.join(ckpt, "head.safetensors")))
+    return ft, head
+
+
 def test_finetune_learns_a_separable_task(tmp_path, capsys):
     data = tmp_path / "toy.tsv"
     write_toy_task(data)
-    tok = CharTokenizer.train("abcdefghi")
-    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
-    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    save_base_model(tmp_path / "base")
     assert main(["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"),
                  "--epochs", "4", "--batch-size", "8", "--lr", "1e-2", "--out",
                  str(tmp_path / "ft"), "--no-progress", "--json"]) == 0
@@ -204,9 +219,7 @@ def test_weight_average_is_the_mean_of_the_last_k_epochs():
 def test_finetune_with_mean_pool_and_averaging_reports_the_averaged_model(tmp_path, capsys):
     data = tmp_path / "toy.tsv"
     write_toy_task(data, n=120)
-    tok = CharTokenizer.train("abcdefghi")
-    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
-    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    tok = save_base_model(tmp_path / "base")
     assert main(["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"),
                  "--epochs", "3", "--batch-size", "8", "--lr", "1e-2", "--pool", "mean",
                  "--average-epochs", "2", "--out", str(tmp_path / "ft"), "--no-progress",
@@ -217,10 +230,7 @@ def test_finetune_with_mean_pool_and_averaging_reports_the_averaged_model(tmp_pa
     assert "averaged over the last 2 epochs" in out.err
     assert summary["accuracy"] >= 0.9
     # the saved model is the averaged one: reloaded, it classifies as reported
-    ft, _, _, _ = load_model(summary["checkpoint"])
-    head = ClassifierHead(3, ft.cfg.n_embd, ft.be, ft.dtype, pool="mean")
-    from safetensors.numpy import load_file
-    head.params.update(load_file(os.path.join(summary["checkpoint"], "head.safetensors")))
+    ft, head = load_finetuned(summary["checkpoint"], 3, pool="mean")
     texts, labels = read_labelled(data)
     tr, te = split_examples(len(texts), 0.2, seed=1337)
     seqs = encode_examples(tok, texts, ft.cfg.block_size)
@@ -251,9 +261,7 @@ def test_validation_split_is_carved_from_the_training_part_and_split_seed_fixes_
 def test_ensemble_classifies_with_the_mean_of_its_members_probabilities(tmp_path, capsys):
     data = tmp_path / "toy.tsv"
     write_toy_task(data, n=120)
-    tok = CharTokenizer.train("abcdefghi")
-    model = GPT(GPTConfig.preset("nano", vocab_size=tok.vocab_size), dtype="float32", seed=0)
-    save_checkpoint(tmp_path / "base", 0, model, tokenizer=tok)
+    tok = save_base_model(tmp_path / "base")
     argv = ["finetune", "--data", str(data), "--ckpt", str(tmp_path / "base"), "--epochs", "1",
             "--batch-size", "8", "--lr", "3e-3", "--ensemble", "3", "--validation",
             "--out", str(tmp_path / "ft"), "--no-progress", "--json"]
@@ -267,7 +275,6 @@ def test_ensemble_classifies_with_the_mean_of_its_members_probabilities(tmp_path
     assert [m["seed"] for m in summary["members"]] == [1337, 1338, 1339]
     assert len(summary["member_accuracy"]) == 3 and summary["n_test"] == 19   # 20 % of 96
     # recompute the ensemble from the three saved members: mean probabilities, then argmax
-    from safetensors.numpy import load_file
     from scratchgpt.finetune import class_probabilities
     texts, labels = read_labelled(data)
     y = np.array([int(v[-1]) for v in labels])
@@ -276,9 +283,7 @@ def test_ensemble_classifies_with_the_mean_of_its_members_probabilities(tmp_path
                                                    validation=True))
     probs = []
     for m in summary["members"]:
-        ft, _, _, _ = load_model(m["checkpoint"])
-        head = ClassifierHead(3, ft.cfg.n_embd, ft.be, ft.dtype)
-        head.params.update(load_file(os.path.join(m["checkpoint"], "head.safetensors")))
+        ft, head = load_finetuned(m["checkpoint"], 3)
         seqs = encode_examples(tok, texts, ft.cfg.block_size)
         probs.append(class_probabilities(ft, head, [seqs[i] for i in va], seqs[0][-1], 64))
     member_acc = [float(np.mean(p.argmax(1) == y[va])) for p in probs]
