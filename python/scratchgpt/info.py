@@ -37,7 +37,9 @@ def _describe(name, b):
     if name == "numpy":
         return f"{name:6s} available (NumPy {b['numpy_version']})"
     if name == "host":
-        return f"{name:6s} available ({b['compiler']}, host executor on {b['threads']} thread(s))"
+        fma = {True: ", fmaf as the FMA instruction",
+               False: ", fmaf through the C library"}.get(b.get("fma"), "")
+        return f"{name:6s} available ({b['compiler']}{fma}, host executor on {b['threads']} thread(s))"
     d = b["device"]
     gib = d["memory_bytes"] / 2**30
     if b.get("emulated"):
