@@ -24,6 +24,24 @@ def combined_loss(model, head, idx, targets, last, labels):
     return float(cls) + LAM * float(lm)
 
 
+def assert_matches_central_differences(model, head, batch, grads, rng, names, per_param):
+    """Up to per_param random entries of each named parameter: the analytic gradient of
+    combined_loss against its central difference (float64, eps 1e-6)."""
+    params = {**model.params, **head.params}
+    eps = 1e-6
+    for name in names:
+        w = params[name]
+        for i in rng.choice(w.size, size=min(per_param, w.size), replace=False):
+            old = w.flat[i]
+            w.flat[i] = old + eps
+            fp = combined_loss(model, head, *batch)
+            w.flat[i] = old - eps
+            fm = combined_loss(model, head, *batch)
+            w.flat[i] = old
+            numeric = (fp - fm) / (2 * eps)
+            assert abs(numeric - grads[name].flat[i]) <= 1e-7 * max(1.0, abs(numeric)), (name, i)
+
+
 @pytest.mark.parametrize("ln_placement", ["pre", "post"])
 def test_gradients_of_cls_plus_lambda_lm_match_finite_differences(ln_placement):
     model = GPT(GPTConfig.preset("nano", ln_placement=ln_placement), dtype="float64", seed=1)
@@ -36,20 +54,10 @@ def test_gradients_of_cls_plus_lambda_lm_match_finite_differences(ln_placement):
     combined_loss(model, head, idx, targets, last, labels)
     dhidden, grads = head.backward()
     grads.update(model.backward(loss_weight=LAM, dhidden=dhidden))
-    params = {**model.params, **head.params}
-    eps = 1e-6
-    for name in ("head.weight", "head.bias", "h.0.attn.c_attn.weight", "wte.weight",
-                 "h.1.mlp.c_proj.bias"):
-        w = params[name]
-        for i in rng.choice(w.size, size=min(6, w.size), replace=False):
-            old = w.flat[i]
-            w.flat[i] = old + eps
-            fp = combined_loss(model, head, idx, targets, last, labels)
-            w.flat[i] = old - eps
-            fm = combined_loss(model, head, idx, targets, last, labels)
-            w.flat[i] = old
-            numeric = (fp - fm) / (2 * eps)
-            assert abs(numeric - grads[name].flat[i]) <= 1e-7 * max(1.0, abs(numeric)), (name, i)
+    assert_matches_central_differences(
+        model, head, (idx, targets, last, labels), grads, rng, per_param=6,
+        names=("head.weight", "head.bias", "h.0.attn.c_attn.weight", "wte.weight",
+               "h.1.mlp.c_proj.bias"))
 
 
 def test_padding_does_not_change_the_classified_state():
@@ -186,19 +194,9 @@ def test_mean_pooled_head_gradients_match_finite_differences_and_ignore_padding(
     dhidden, grads = head.backward()
     assert np.all(dhidden[1, 2:] == 0) and np.all(dhidden[2, 4:] == 0)
     grads.update(model.backward(loss_weight=LAM, dhidden=dhidden))
-    params = {**model.params, **head.params}
-    eps = 1e-6
-    for name in ("head.weight", "h.0.attn.c_attn.weight", "wte.weight"):
-        w = params[name]
-        for i in rng.choice(w.size, size=4, replace=False):
-            old = w.flat[i]
-            w.flat[i] = old + eps
-            fp = combined_loss(model, head, idx, targets, last, labels)
-            w.flat[i] = old - eps
-            fm = combined_loss(model, head, idx, targets, last, labels)
-            w.flat[i] = old
-            numeric = (fp - fm) / (2 * eps)
-            assert abs(numeric - grads[name].flat[i]) <= 1e-7 * max(1.0, abs(numeric)), (name, i)
+    assert_matches_central_differences(model, head, (idx, targets, last, labels), grads, rng,
+                                       per_param=4,
+                                       names=("head.weight", "h.0.attn.c_attn.weight", "wte.weight"))
 
 
 def test_weight_average_is_the_mean_of_the_last_k_epochs():

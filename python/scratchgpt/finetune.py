@@ -395,6 +395,11 @@ def split_for_scoring(n, args):
     return tr, te
 
 
+def scored_split(args):
+    """What the reported accuracy is measured on, for messages."""
+    return "validation" if args.validation else "held-out"
+
+
 def finetune(args):
     t_start = time.time()
     texts, raw_labels = read_labelled(args.data)
@@ -410,7 +415,7 @@ def finetune(args):
     check_supported(backend, args.precision, f"--precision {args.precision} --backend {backend}")
     check_memory(args, backend)
     y = np.array([classes.index(lab) for lab in raw_labels])
-    scored = "validation" if args.validation else "held out"
+    scored = scored_split(args)
     log(args, f"data: {len(texts)} examples, {len(classes)} classes; {len(tr)} train / "
         f"{len(te)} {scored}")
     base = baseline_accuracy([texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te],
@@ -425,9 +430,9 @@ def finetune(args):
             member_args.out = os.path.join(args.out, f"member_{k}")
             log(args, f"ensemble member {k + 1} of {args.ensemble} (seed {member_args.seed})")
         members.append(finetune_member(member_args, texts, y, tr, te, classes, base, backend))
-    summary = dict(members[0])
+    probs = np.mean([m.pop("probabilities") for m in members], axis=0)
+    summary = members[0]
     if args.ensemble > 1:
-        probs = np.mean([m.pop("probabilities") for m in members], axis=0)
         summary = {"accuracy": float(np.mean(probs.argmax(axis=-1) == y[te])),
                    "member_accuracy": [m["accuracy"] for m in members],
                    **{k: v for k, v in members[0].items()
@@ -437,8 +442,6 @@ def finetune(args):
                    "checkpoint": args.out}
         log(args, f"ensemble of {args.ensemble} (mean class probabilities): {scored} accuracy "
             f"{summary['accuracy']:.4f}; members {', '.join(f'{a:.4f}' for a in summary['member_accuracy'])}")
-    else:
-        summary.pop("probabilities")
     summary.update(ensemble=args.ensemble, scored_on="validation" if args.validation else "test",
                    seconds=time.time() - t_start)
     # the same leading keys as --task qa / translate
@@ -463,7 +466,7 @@ def finetune_member(args, texts, y, tr, te, classes, base, backend):
     steps_per_epoch = -(-len(tr) // args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = max(1, int(0.002 * total) if args.warmup_steps is None else args.warmup_steps)
-    scored = "validation" if args.validation else "held-out"
+    scored = scored_split(args)
 
     from tqdm import tqdm
     bar = tqdm(total=total, disable=not args.progress, unit="step", dynamic_ncols=True,
@@ -531,7 +534,7 @@ def run(args):
     if args.data is None:
         raise UsageError("missing a required argument", "--data", TSV + " (--task classify)")
     summary = finetune(args)
-    scored = "validation" if args.validation else "held-out"
+    scored = scored_split(args)
     log(args, f"{scored} accuracy {summary['accuracy']:.4f}, bag-of-words baseline "
         f"{summary['baseline_accuracy']:.4f} ({summary['n_test']} examples, "
         f"{summary['seconds']:.0f} s); model and head in {summary['checkpoint']}")
